@@ -148,6 +148,7 @@ class MetaConfig:
     factors: dict[str, str] = field(default_factory=dict)
     seed: int = 0
     scale: str = "paper"
+    config_hash: str | None = None  # config_hash() of this run, stamped by the launcher
 
 
 @dataclass
