@@ -1,0 +1,227 @@
+"""The config tree (experiments/conf) and the grid expansion (experiments/grid.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from analysis.reference import REFERENCES, normalize_label
+from experiments import cost
+from experiments.grid import GridError, at_scale, expand, make_run_id, sanitize
+from experiments.launch import CONF_DIR
+from experiments.schema import SCALES, register
+
+register()
+
+EXPECTED_RUNS = {
+    "none": 1, "batch_size": 4, "patch_proj": 6, "lr": 3, "optimizer": 4, "momentum": 4,
+    "negatives": 19, "pos_embed": 3, "cls_token": 3, "head_bn": 2, "predictor": 2,
+}
+ABLATIONS = sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml"))
+
+
+def _compose(overrides: list[str], conf_dir: Path | None = None):
+    if conf_dir is not None:
+        overrides = [*overrides, f"hydra.searchpath=[file://{conf_dir}]"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def _runs(ablation: str, scale: str = "tiny", extra: tuple[str, ...] = (),
+          conf_dir: Path | None = None):
+    cfg = _compose([f"ablation={ablation}", f"scale={scale}", *extra], conf_dir)
+    return expand(cfg, ablation, scale)
+
+
+def test_the_required_studies_are_all_there():
+    assert set(EXPECTED_RUNS) <= set(ABLATIONS)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_every_ablation_composes_and_expands_at_every_scale(ablation, scale):
+    runs = _runs(ablation, scale)
+    assert len(runs) == EXPECTED_RUNS.get(ablation, len(runs))
+    assert len({r.run_id for r in runs}) == len(runs)
+    assert len({r.config_hash for r in runs}) == len(runs)
+    for r in runs:
+        assert r.config.meta.ablation == ablation and r.config.meta.scale == scale
+        assert r.config.meta.run_id == r.run_id and r.config.meta.config_hash == r.config_hash
+        assert dict(r.config.meta.factors) == r.factors
+        assert sanitize(r.run_id.replace("/", "")) == r.run_id.replace("/", "")
+
+
+@pytest.mark.parametrize("ablation", sorted(REFERENCES))
+def test_factor_names_and_labels_are_the_reports(ablation):
+    """analysis/reference.py keys the paper's numbers by exactly these."""
+    levels = REFERENCES[ablation].levels
+    runs = _runs(ablation, "paper")
+    for r in runs:
+        assert set(r.factors) == set(levels), r.run_id
+        for name, label in r.factors.items():
+            assert normalize_label(label) in {normalize_label(x) for x in levels[name]}
+    for number in REFERENCES[ablation].numbers:  # every paper number has a run
+        wanted = {k: normalize_label(v) for k, v in number.factor_dict.items()}
+        assert any({k: normalize_label(v) for k, v in r.factors.items()} == wanted
+                   for r in runs), number
+
+
+def test_per_scale_values_keep_the_papers_ratios():
+    batches = {s: [r.config.train.batch_size for r in _runs("batch_size", s)] for s in SCALES}
+    assert batches["paper"] == [1024, 2048, 4096, 6144]
+    assert batches["tiny"] == [64, 128, 256, 384]
+    gpus = [r.resources["gpus"] for r in _runs("batch_size", "paper")]
+    assert gpus == [16, 32, 64, 96]  # 64 images per GPU, as the official runs
+    assert [r.resources["gpus"] for r in _runs("batch_size", "tiny")] == [0, 0, 0, 0]
+    lrs = {s: [r.config.optim.base_lr for r in _runs("patch_proj", s)][:3] for s in SCALES}
+    for s in SCALES:
+        assert lrs[s][1] / lrs[s][0] == pytest.approx(2.0)
+        assert lrs[s][2] / lrs[s][0] == pytest.approx(3.0)
+    assert lrs["paper"] == pytest.approx([0.5e-4, 1.0e-4, 1.5e-4])
+
+
+def test_the_tiny_scale_is_the_briefed_one():
+    cfg = _runs("none")[0].config
+    m = cfg.model
+    assert (m.arch, m.depth, m.img_size, m.patch_size, m.mlp_dim, m.dim) == (
+        "vit_tiny", 4, 32, 4, 1024, 128)
+    assert (cfg.data.name, cfg.data.num_train, cfg.data.num_val) == ("synthetic", 4000, 1000)
+    t = cfg.train
+    assert (t.batch_size, t.epochs, t.precision, t.knn_memory, t.knn_queries) == (
+        128, 10, "bf16", 4000, 1000)
+    assert (cfg.probe.epochs, cfg.probe.batch_size) == (10, 256)
+
+
+def test_paper_scale_is_the_papers_recipe():
+    cfg = _runs("none", "paper")[0].config
+    assert (cfg.model.arch, cfg.model.patch_size, cfg.model.img_size) == ("vit_base", 16, 224)
+    assert (cfg.train.batch_size, cfg.train.epochs) == (4096, 300)
+    assert (cfg.optim.name, cfg.optim.base_lr, cfg.optim.weight_decay) == ("adamw", 1.5e-4, 0.1)
+    assert (cfg.optim.warmup_epochs, cfg.moco.m0, cfg.moco.tau) == (40, 0.99, 0.2)
+    assert (cfg.moco.momentum_schedule, cfg.model.patch_embed) == ("cosine", "frozen")
+    studies = _runs("lr", "paper")
+    assert {r.config.train.epochs for r in studies} == {100}
+
+
+def test_resnet50_gets_the_official_r50_recipe():
+    cfg = _runs("none", "paper", ("model=resnet50",))[0].config
+    assert (cfg.optim.name, cfg.optim.base_lr, cfg.optim.weight_decay) == ("lars", 0.3, 1.5e-6)
+    assert (cfg.moco.tau, cfg.moco.m0, cfg.data.crop_min, cfg.probe.lr_base) == (
+        1.0, 0.996, 0.2, 0.1)
+
+
+@pytest.mark.parametrize("group,options", [
+    ("model", ["vit_small", "vit_base", "vit_large", "vit_huge", "vit_conv_small",
+               "vit_conv_base", "vit_tiny", "resnet50"]),
+    ("data", ["synthetic", "digits", "cifar10", "cifar100", "stl10", "imagenet",
+              "imagenet100"]),
+    ("optim", ["adamw", "lars", "lamb"]),
+    ("launcher", ["auto", "local", "slurm", "debug"]),
+])
+def test_every_group_option_composes(group, options):
+    for option in options:
+        extra = ("model.img_size=28",) if option == "vit_huge" else ()
+        runs = _runs("none", "tiny", (f"{group}={option}", *extra))
+        assert len(runs) == 1
+
+
+def test_a_mistyped_key_fails_at_compose_time():
+    with pytest.raises(ConfigCompositionException, match="Could not override 'model.foo'") as e:
+        _compose(["model.foo=1"])
+    assert "Key 'foo' not in 'ModelConfig'" in str(e.value.__cause__)
+    with pytest.raises(GridError, match="Key 'foo' not in 'ModelConfig'"):
+        _runs("none", "tiny", ("+model.foo=1",))  # Hydra lets + append; the run schema does not
+    with pytest.raises(ConfigCompositionException) as e:
+        _compose(["train.epochs=ten"])
+    assert "could not be converted to Integer" in str(e.value) + str(e.value.__cause__)
+    with pytest.raises(ConfigCompositionException, match="Could not find 'ablation/nope'"):
+        _compose(["ablation=nope"])
+
+
+def _write(conf: Path, name: str, text: str) -> Path:
+    (conf / "ablation").mkdir(parents=True, exist_ok=True)
+    (conf / "ablation" / f"{name}.yaml").write_text(text)
+    return conf
+
+
+def test_a_users_ablation_from_another_directory(tmp_path):
+    conf = _write(tmp_path, "temperature", """
+reproduces: "tau sweep"
+seeds: {tiny: [0, 1], paper: [0]}
+factors:
+  tau:
+    "0.1": {moco.tau: 0.1}
+    "0.2": {moco.tau: 0.2}
+    "0.5": {moco.tau: 0.5}
+""")
+    runs = _runs("temperature", "tiny", conf_dir=conf)
+    assert [r.run_id for r in runs] == [f"tau={t}/seed={s}" for t in ("0.1", "0.2", "0.5")
+                                        for s in (0, 1)]
+    assert [r.config.moco.tau for r in runs] == [0.1, 0.1, 0.2, 0.2, 0.5, 0.5]
+    assert len(_runs("temperature", "paper", conf_dir=conf)) == 3
+    assert len(_runs("temperature", "tiny", ("seeds=[3]",), conf_dir=conf)) == 3
+
+
+def test_an_unquoted_numeric_label_is_refused(tmp_path):
+    conf = _write(tmp_path, "bad", "factors:\n  m:\n    0.99: {moco.m0: 0.99}\n")
+    with pytest.raises(ConfigCompositionException, match="incompatible with key type"):
+        _runs("bad", conf_dir=conf)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("factors:\n  x:\n    a: {model.nope: 1}\n", "x=a: 'model.nope' is not a config key"),
+    ("factors:\n  x:\n    a: {moco.tau: 0.2}\n    b: {moco.tau: {paper: 0.3}}\n",
+     "resolve to the same configuration"),
+    ("factors:\n  x:\n    a: {moco.tau: -1.0}\n", "moco.tau=-1.0 must be positive"),
+    ("factors:\n  x:\n    a: {model.pos_embed: sine}\n", "model.pos_embed='sine' is not valid"),
+    ("factors:\n  x: {a: {}}\ngrids:\n  - factors:\n      y: {b: {}}\n", "not both"),
+    ("seeds: []\nfactors: {}\n", "seeds must be a non-empty list"),
+    ("factors:\n  x:\n    a: {train.epochs: many}\n", "invalid run configuration"),
+])
+def test_bad_ablations_get_one_sentence(tmp_path, text, match):
+    conf = _write(tmp_path, "bad", text)
+    with pytest.raises(GridError, match=match):
+        _runs("bad", conf_dir=conf)
+
+
+def test_grids_union_and_grid_overrides():
+    runs = _runs("negatives", "paper")
+    by_id = {r.run_id: r for r in runs}
+    queue = by_id["mechanism=queue,K=4096/seed=0"].config
+    assert (queue.moco.negatives, queue.moco.queue_size, queue.train.batch_size) == (
+        "queue", 4096, 256)
+    e2e = by_id["mechanism=end_to_end,K=1024/seed=0"].config
+    assert (e2e.moco.negatives, e2e.train.batch_size, e2e.model.arch) == (
+        "end_to_end", 1024, "resnet50")
+    assert "mechanism=end_to_end,K=4096/seed=0" not in by_id
+
+
+def test_run_ids_and_scale_values():
+    assert make_run_id({"lr": "1.0e-4", "opt": "a b/c"}, 2) == "lr=1.0e-4,opt=a_b_c/seed=2"
+    assert make_run_id({}, 0) == "baseline/seed=0"
+    assert at_scale({"tiny": 1, "paper": 2}, "small") == (False, None)
+    assert at_scale({"tiny": 1, "paper": 2}, "paper") == (True, 2)
+    assert at_scale({"lr": 1}, "paper") == (True, {"lr": 1})
+
+
+def test_relative_data_roots_become_absolute(monkeypatch, tmp_path):
+    monkeypatch.setenv("MOCO3_DATA", "some/where")
+    run = _runs("none", "paper")[0]
+    assert run.config.data.root == str(Path("some/where/imagenet").resolve())
+    assert OmegaConf.is_missing(run.config, "seed") is False
+
+
+def test_costs_follow_the_papers_anchor():
+    assert cost.resnet50_macs(224) / 1e9 == pytest.approx(4.09, abs=0.01)
+    assert cost.vit_macs(224, 16, 768, 12) / 1e9 == pytest.approx(17.56, abs=0.05)
+    cfg = _runs("none", "paper")[0].config
+    cfg.train.epochs, cfg.probe.enabled = 100, False
+    assert cost.gpu_hours(cfg) == pytest.approx(24 * 128)
+    cfg.train.epochs = 300
+    assert cost.gpu_hours(cfg) == pytest.approx(3 * 24 * 128)
+    tiny = _runs("none")[0].config
+    assert cost.gpu_hours(tiny) < 0.05 and cost.cpu_core_hours(tiny) > 0
