@@ -7,6 +7,7 @@ with the report so that the events written here and the counts in the tables agr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -122,7 +123,8 @@ class InstabilityMonitor:
                 events.append({"event": "grad_spike", "group": group, "value": value,
                                "reference": median, "threshold": self.spike_factor * median})
                 self.spikes[group] = self.spikes.get(group, 0) + 1
-            past.append(value)
+            if math.isfinite(value):  # the median is over finite values (instability.py)
+                past.append(value)
             del past[:-self.spike_window]
         return events
 

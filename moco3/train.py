@@ -32,7 +32,7 @@ from moco3.augment import EvalTransform, TwoViewTransform
 from moco3.config import ConfigError, config_hash, to_run_config
 from moco3.data import IndexedTransformDataset, build_dataset
 from moco3.dist import get_rank, get_world_size
-from moco3.loader import SeededViews, StepBatchSampler, epoch_loader
+from moco3.loader import StepBatchSampler, epoch_loader
 from moco3.model import MoCo, build_model
 from moco3.monitor import InstabilityMonitor, extract_features, group_grad_norms, weighted_knn_top1
 from moco3.negatives import Negatives, build_negatives
@@ -167,9 +167,8 @@ class Trainer:
                       class_list=d.class_list)
         self.train_set = build_dataset(d.name, "train", **kwargs)
         self.val_set = build_dataset(d.name, "val", **kwargs)
-        self.views = SeededViews(self.train_set,
-                                 TwoViewTransform(m.img_size, crop_min=d.crop_min),
-                                 seed=self.cfg.seed)
+        self.images = IndexedTransformDataset(self.train_set, None)  # uint8, augmented per batch
+        self.two_views = TwoViewTransform(m.img_size, crop_min=d.crop_min)
         eval_tf = EvalTransform(m.img_size)
         t = self.cfg.train
         memory = torch.arange(min(t.knn_memory, len(self.train_set)))
@@ -394,11 +393,11 @@ class Trainer:
         try:
             while self.step < self.total_steps and outcome == "done":
                 epoch, first = divmod(self.step, self.steps_per_epoch)
-                self.views.epoch = epoch
                 sampler = StepBatchSampler(len(self.train_set), cfg.train.batch_size, cfg.seed,
                                            epoch, first, self.steps_per_epoch, self.rank,
                                            self.world)
-                loader = epoch_loader(self.views, sampler, cfg.data.num_workers,
+                loader = epoch_loader(self.images, self.two_views, sampler, cfg.seed, epoch,
+                                      cfg.data.num_workers,
                                       pin_memory=self.device.type == "cuda")
                 tick = time.perf_counter()  # step time includes waiting for the batch
                 for (x1, x2), _, index in loader:

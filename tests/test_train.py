@@ -153,7 +153,11 @@ def test_non_finite_loss_is_a_result(tmp_path: Path, monkeypatch) -> None:
 
 def test_group_grad_norms_match_torch(tmp_path: Path) -> None:
     trainer = Trainer(to_run_config(tiny()), tmp_path)
-    views, _, index = next(iter(torch.utils.data.DataLoader(trainer.views, batch_size=8)))
+    from moco3.loader import StepBatchSampler, epoch_loader
+
+    sampler = StepBatchSampler(len(trainer.train_set), 32, 0, 0, 0, 1)
+    views, _, index = next(iter(epoch_loader(trainer.images, trainer.two_views, sampler, 0, 0,
+                                             0, False)))
     trainer.train_step(views[0], views[1], index, m=0.99)
     norms = group_grad_norms(trainer.groups).tolist()
     for value, params in zip(norms, trainer.groups.values(), strict=False):
