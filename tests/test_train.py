@@ -203,3 +203,24 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
     la = [r["loss"] for r in rows(single).values() if r["kind"] == "train"]
     lb = [r["loss"] for r in rows(tmp_path / "ddp").values() if r["kind"] == "train"]
     assert la == pytest.approx(lb, rel=1e-5, abs=1e-6)
+
+
+def test_probe_resumes_exactly_and_reports_the_best_epoch(reference: Path, tmp_path: Path
+                                                           ) -> None:
+    import shutil
+
+    from moco3.probe import probe
+
+    for name in ("first", "second"):
+        shutil.copytree(reference, tmp_path / name)
+    full = probe(tiny(), tmp_path / "first")
+    assert probe(tiny(), tmp_path / "second", stop_at_epoch=1) <= full
+    assert json.loads((tmp_path / "second" / "status.json").read_text())["state"] == "preempted"
+    assert probe(tiny(), tmp_path / "second") == full
+    summary = json.loads((tmp_path / "second" / "summary.json").read_text())
+    probe_rows = [r for r in rows(tmp_path / "second").values() if r["kind"] == "probe"]
+    assert [r["probe_epoch"] for r in probe_rows] == [1, 2]
+    assert summary["linear_top1"] == max(r["probe_top1"] for r in probe_rows) == full
+    assert rows(tmp_path / "first") == rows(tmp_path / "second")
+    status = json.loads((tmp_path / "second" / "status.json").read_text())
+    assert status["state"] == "done"
