@@ -224,3 +224,11 @@ def test_probe_resumes_exactly_and_reports_the_best_epoch(reference: Path, tmp_p
     assert rows(tmp_path / "first") == rows(tmp_path / "second")
     status = json.loads((tmp_path / "second" / "status.json").read_text())
     assert status["state"] == "done"
+
+
+def test_loader_workers_do_not_change_the_run(tmp_path: Path) -> None:
+    """Augmentation is seeded per image, so worker processes see the same views."""
+    one = {"train.epochs": 1, "train.knn_every": 0, "probe.enabled": False}
+    train(tiny(**one), tmp_path / "main")
+    train(tiny(**one, **{"data.num_workers": 2}), tmp_path / "workers")
+    assert_bitwise_equal(weights(tmp_path / "main"), weights(tmp_path / "workers"))
