@@ -29,7 +29,7 @@ from moco3.data import IndexedTransformDataset, build_dataset
 from moco3.dist import get_rank, get_world_size
 from moco3.preemption import PreemptionFlag
 from moco3.runlog import RunLog
-from moco3.train import autocast_dtype, build_moco, pick_device
+from moco3.train import autocast_dtype, build_moco, pick_device, use_fused_attention
 
 
 def probe_lr(lr_base: float, batch: int, epoch: int, epochs: int) -> float:
@@ -63,6 +63,7 @@ class Prober:
         self.device = pick_device(cfg.train.device)
         self.amp_dtype = autocast_dtype(cfg.probe.precision, self.device)
         self.model = build_moco(cfg, global_bn=False).to(self.device)
+        use_fused_attention(self.model, self.device)
         found = ckpt.last_path(self.run_dir)
         if not found.exists():
             raise ConfigError(f"no pre-training checkpoint at {found}; run train() first.")

@@ -73,6 +73,13 @@ def build_moco(cfg: DictConfig, global_bn: bool) -> MoCo:
                        global_bn=global_bn, **overrides)
 
 
+def use_fused_attention(model: nn.Module, device: torch.device) -> None:
+    """Fused attention on GPUs, explicit matmuls on CPU (faster there; the same math)."""
+    for module in model.modules():
+        if hasattr(module, "set_fused_attention"):
+            module.set_fused_attention(device.type == "cuda")
+
+
 def compute_loss(negatives: Negatives, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor,
                  index: Tensor, symmetric: bool) -> Tensor:
     """ctr(q1, k2) + ctr(q2, k1) (v3), or ctr(q1, k2) alone (v1/v2). Inputs (N, dim)."""
@@ -121,6 +128,7 @@ class Trainer:
         random.seed(cfg.seed)
         self._build_data()
         self.model = build_moco(cfg, global_bn=self.world > 1).to(self.device)
+        use_fused_attention(self.model, self.device)
         if self.world > 1 and self.device.type == "cuda":
             # Official: SyncBN everywhere under DDP (the R50 and conv-stem backbones). On CPU
             # torch's SyncBatchNorm refuses to run; there the heads use GlobalBatchNorm1d and
