@@ -25,11 +25,17 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from moco3 import checkpoint as ckpt
 from moco3.augment import EvalTransform, ProbeTrainTransform
 from moco3.config import ConfigError, config_hash, to_run_config
-from moco3.data import IndexedTransformDataset, build_dataset
+from moco3.data import IndexedTransformDataset
 from moco3.dist import get_rank, get_world_size
 from moco3.preemption import PreemptionFlag
 from moco3.runlog import RunLog
-from moco3.train import autocast_dtype, build_moco, pick_device, use_fused_attention
+from moco3.train import (
+    autocast_dtype,
+    build_moco,
+    build_split,
+    pick_device,
+    use_fused_attention,
+)
 
 
 def probe_lr(lr_base: float, batch: int, epoch: int, epochs: int) -> float:
@@ -74,12 +80,8 @@ class Prober:
         self.pretrain_step = int(state["step"])
         self.images_seen = self.pretrain_step * cfg.train.batch_size
         self.model.eval().requires_grad_(False)  # frozen backbone, eval mode (official)
-        d, m = cfg.data, cfg.model
-        kwargs = dict(root=d.root, img_size=m.img_size, num_train=d.num_train,
-                      num_val=d.num_val, seed=d.seed, download=d.download,
-                      class_list=d.class_list)
-        train_set = build_dataset(d.name, "train", **kwargs)
-        val_set = build_dataset(d.name, "val", **kwargs)
+        m = cfg.model
+        train_set, val_set = build_split(cfg, "train"), build_split(cfg, "val")
         self.num_classes = train_set.num_classes
         train_tf = ProbeTrainTransform(m.img_size) if cfg.probe.augment else EvalTransform(
             m.img_size)

@@ -73,6 +73,14 @@ def build_moco(cfg: DictConfig, global_bn: bool) -> MoCo:
                        global_bn=global_bn, **overrides)
 
 
+def build_split(cfg: DictConfig, split: str) -> Any:
+    """The run's dataset split: items (uint8 image (3,H,W), label)."""
+    d = cfg.data
+    return build_dataset(d.name, split, root=d.root, img_size=cfg.model.img_size,
+                         num_train=d.num_train, num_val=d.num_val, seed=d.seed,
+                         download=d.download, class_list=d.class_list)
+
+
 def use_fused_attention(model: nn.Module, device: torch.device) -> None:
     """Fused attention on GPUs, explicit matmuls on CPU (faster there; the same math)."""
     for module in model.modules():
@@ -170,11 +178,8 @@ class Trainer:
     # -- data -------------------------------------------------------------------------
     def _build_data(self) -> None:
         d, m = self.cfg.data, self.cfg.model
-        kwargs = dict(root=d.root, img_size=m.img_size, num_train=d.num_train,
-                      num_val=d.num_val, seed=d.seed, download=d.download,
-                      class_list=d.class_list)
-        self.train_set = build_dataset(d.name, "train", **kwargs)
-        self.val_set = build_dataset(d.name, "val", **kwargs)
+        self.train_set = build_split(self.cfg, "train")
+        self.val_set = build_split(self.cfg, "val")
         self.images = IndexedTransformDataset(self.train_set, None)  # uint8, augmented per batch
         self.two_views = TwoViewTransform(m.img_size, crop_min=d.crop_min)
         eval_tf = EvalTransform(m.img_size)

@@ -64,7 +64,8 @@ def test_requeued_and_timed_out_jobs_resume_without_lost_or_repeated_steps(
     limit (USR2 45 s before it) and requeue themselves; every step is logged exactly once."""
     # Slow enough (patch 4: 64 tokens) that each run outlives its 2-minute limit.
     work = ["data.num_train=1024", "data.num_val=128", "train.batch_size=64",
-            "train.epochs=12", "model.patch_size=4", "model.depth=1", "model.mlp_dim=256", "train.knn_every=0",
+            "train.epochs=12", "model.patch_size=4", "model.depth=1", "model.mlp_dim=256",
+            "train.knn_every=0",
             "train.knn_memory=256", "train.knn_queries=128", "train.log_every=1",
             "probe.enabled=false"]
     args = ["ablation=none", "seeds=[0,1]", *_slurm_args(slurm_cluster), "wait=false",
