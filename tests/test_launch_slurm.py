@@ -62,9 +62,10 @@ def test_requeued_and_timed_out_jobs_resume_without_lost_or_repeated_steps(
         slurm_cluster, tmp_path):  # noqa: F811
     """seed=1 is requeued by `scontrol requeue` while it trains; both hit a 2-minute time
     limit (USR2 45 s before it) and requeue themselves; every step is logged exactly once."""
-    # Slow enough (patch 4: 64 tokens) that each run outlives its 2-minute limit.
+    # ~3 minutes of training per run (320 steps of a 2-block ViT on 64 tokens, one core),
+    # so each run outlives its 2-minute limit at least once whatever the machine's load.
     work = ["data.num_train=1024", "data.num_val=128", "train.batch_size=64",
-            "train.epochs=12", "model.patch_size=4", "model.depth=1", "model.mlp_dim=256",
+            "train.epochs=20", "model.patch_size=4", "model.depth=2", "model.mlp_dim=256",
             "train.knn_every=0",
             "train.knn_memory=256", "train.knn_queries=128", "train.log_every=1",
             "probe.enabled=false"]
