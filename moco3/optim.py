@@ -19,7 +19,28 @@ def _trust_ratio(numerator: torch.Tensor, denominator: torch.Tensor,
     return torch.where(ok, ratio, torch.ones_like(ratio))
 
 
-class LARS(Optimizer):
+class _GroupwiseOptimizer(Optimizer):
+    """The step shared by LARS and LAMB: the closure, then `update_group` for each group's
+    parameters that have a gradient (frozen or unused ones are skipped)."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self.update_group(group, params)
+        return loss
+
+    def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        """Each optimizer's update of one group's parameters (no grad is tracked here)."""
+        raise NotImplementedError(f"{type(self).__name__} must define update_group")
+
+
+class LARS(_GroupwiseOptimizer):
     """LARS with the official MoCo v3 semantics (SGD momentum on trust-scaled updates).
 
     For a parameter with ndim > 1: d = g + wd * w, d *= trust_coefficient * ||w|| / ||d||
@@ -34,38 +55,28 @@ class LARS(Optimizer):
                     "trust_coefficient": trust_coefficient}
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            updates = []
-            for p in params:
-                d = p.grad
-                if p.ndim > 1:
-                    d = d.add(p, alpha=group["weight_decay"])
-                    d = d * _trust_ratio(torch.linalg.vector_norm(p),
-                                         torch.linalg.vector_norm(d),
-                                         group["trust_coefficient"])
-                updates.append(d)
-            bufs = []
-            for p in params:
-                state = self.state[p]
-                if "mu" not in state:
-                    state["mu"] = torch.zeros_like(p)
-                bufs.append(state["mu"])
-            torch._foreach_mul_(bufs, group["momentum"])
-            torch._foreach_add_(bufs, updates)
-            torch._foreach_add_(params, bufs, alpha=-group["lr"])
-        return loss
+    def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        updates = []
+        for p in params:
+            d = p.grad
+            if p.ndim > 1:
+                d = d.add(p, alpha=group["weight_decay"])
+                d = d * _trust_ratio(torch.linalg.vector_norm(p),
+                                     torch.linalg.vector_norm(d),
+                                     group["trust_coefficient"])
+            updates.append(d)
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "mu" not in state:
+                state["mu"] = torch.zeros_like(p)
+            bufs.append(state["mu"])
+        torch._foreach_mul_(bufs, group["momentum"])
+        torch._foreach_add_(bufs, updates)
+        torch._foreach_add_(params, bufs, alpha=-group["lr"])
 
 
-class LAMB(Optimizer):
+class LAMB(_GroupwiseOptimizer):
     """LAMB (You et al. 2020): an Adam(W) update rescaled per tensor by ||w|| / ||u||.
 
     m, v: Adam moments with bias correction; u = m_hat / (sqrt(v_hat) + eps) + wd * w;
@@ -84,40 +95,30 @@ class LAMB(Optimizer):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            beta1, beta2 = group["betas"]
-            grads = [p.grad for p in params]
-            exp_avgs, exp_avg_sqs = [], []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-            torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-            for p, exp_avg, exp_avg_sq in zip(params, exp_avgs, exp_avg_sqs, strict=True):
-                t = self.state[p]["step"]
-                m_hat = exp_avg / (1.0 - beta1**t)
-                denom = (exp_avg_sq / (1.0 - beta2**t)).sqrt_().add_(group["eps"])
-                update = m_hat.div_(denom).add_(p, alpha=group["weight_decay"])
-                trust = _trust_ratio(torch.linalg.vector_norm(p),
-                                     torch.linalg.vector_norm(update))
-                p.sub_(update.mul_(trust * group["lr"]))
-        return loss
+    def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        grads = [p.grad for p in params]
+        exp_avgs, exp_avg_sqs = [], []
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        for p, exp_avg, exp_avg_sq in zip(params, exp_avgs, exp_avg_sqs, strict=True):
+            t = self.state[p]["step"]
+            m_hat = exp_avg / (1.0 - beta1**t)
+            denom = (exp_avg_sq / (1.0 - beta2**t)).sqrt_().add_(group["eps"])
+            update = m_hat.div_(denom).add_(p, alpha=group["weight_decay"])
+            trust = _trust_ratio(torch.linalg.vector_norm(p),
+                                 torch.linalg.vector_norm(update))
+            p.sub_(update.mul_(trust * group["lr"]))
 
 
 def param_groups(
