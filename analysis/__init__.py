@@ -10,7 +10,7 @@ anywhere from copied logs. ``python analysis/report.py`` builds everything.
     cache        parquet cache of parsed runs        collect    all runs -> DataFrames
     reference    the paper's numbers as data         tables     per-ablation tables
     figuredata   what each figure shows              plots      drawing (seaborn, Agg)
-    report       the report command                  benchmark  timing on 1,000 large runs
+    report       the report command
 
 This file stays empty of imports: ``moco3.monitor`` imports ``analysis.instability`` in the
 training job, which must not pay for pandas.

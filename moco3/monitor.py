@@ -8,63 +8,12 @@ with the report so that the events written here and the counts in the tables agr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from analysis.instability import dip_depth, is_spike
-
-
-@torch.no_grad()
-def extract_features(
-    features: Callable[[Tensor], Tensor],
-    loader: Iterable,
-    device: torch.device,
-    autocast_dtype: torch.dtype | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Run `features` over a loader of (images, labels, ...) batches.
-
-    Returns L2-normalised features (N, D) in fp32 on CPU and labels (N,).
-    """
-    feats, labels = [], []
-    for batch in loader:
-        x, y = batch[0], batch[1]
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
-            f = features(x.to(device, non_blocking=True))
-        feats.append(F.normalize(f.float(), dim=1).cpu())
-        labels.append(torch.as_tensor(y))
-    return torch.cat(feats), torch.cat(labels)
-
-
-def weighted_knn_top1(
-    memory: Tensor,
-    memory_labels: Tensor,
-    queries: Tensor,
-    query_labels: Tensor,
-    num_classes: int,
-    k: int = 20,
-    t: float = 0.07,
-    chunk: int = 1024,
-) -> float:
-    """Weighted kNN top-1 in percent (Wu et al. 2018, as in the MoCo v3 appendix monitor).
-
-    memory (M, D) and queries (Q, D) are L2-normalised; each query votes with its k most
-    cosine-similar memory items weighted by exp(sim / t).
-    """
-    k = min(k, memory.shape[0])
-    correct = 0
-    for start in range(0, queries.shape[0], chunk):
-        q = queries[start:start + chunk]
-        sim = q @ memory.T  # (q, M)
-        top_sim, top_idx = sim.topk(k, dim=1)
-        votes = torch.zeros(q.shape[0], num_classes)
-        votes.scatter_add_(1, memory_labels[top_idx], (top_sim / t).exp())
-        correct += (votes.argmax(1) == query_labels[start:start + chunk]).sum().item()
-    return 100.0 * correct / max(1, queries.shape[0])
 
 
 def group_grad_norms(groups: dict[str, list[Tensor]]) -> Tensor:

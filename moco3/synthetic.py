@@ -8,7 +8,7 @@ shape, a smooth background texture with a faint grating, and pixel noise. Colour
 never carries the class, so the colour-jitter and grayscale augmentations cannot destroy the
 label, while raw pixels (dominated by colour and position) give a poor nearest-neighbour
 classifier (28 % at 10k / 2k, 32 px, where a small CNN trained 5 epochs in 1.5 CPU
-minutes reaches 97 %: experiments/measure_synthetic.py).
+minutes reaches 97 %: benchmarks/synthetic_data.py).
 
 Image i depends only on (seed, split, i) and the image size: every random quantity has
 its own stream drawn in index order, so a set of n images is a prefix of any larger set

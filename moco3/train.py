@@ -32,9 +32,10 @@ from moco3.augment import EvalTransform, TwoViewTransform
 from moco3.config import ConfigError, config_hash, to_run_config
 from moco3.data import IndexedTransformDataset, build_dataset
 from moco3.dist import get_rank, get_world_size
+from moco3.knn import extract_features, weighted_knn_top1
 from moco3.loader import StepBatchSampler, epoch_loader
 from moco3.model import MoCo, build_model
-from moco3.monitor import InstabilityMonitor, extract_features, group_grad_norms, weighted_knn_top1
+from moco3.monitor import InstabilityMonitor, group_grad_norms
 from moco3.negatives import Negatives, build_negatives
 from moco3.optim import build_optimizer
 from moco3.preemption import PreemptionFlag

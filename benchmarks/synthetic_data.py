@@ -4,8 +4,8 @@ The gap between the two is the headroom a self-supervised representation can sho
 tiny scale: raw pixels are dominated by the nuisance factors (colour, position), a network
 that learns the shape is not.
 
-    python experiments/measure_synthetic.py --threads 1    # 10k / 2k at 32 px, ~2 min
-    python experiments/measure_synthetic.py --cnn-epochs 0 # kNN only
+    python benchmarks/synthetic_data.py --threads 1    # 10k / 2k at 32 px, ~2 min
+    python benchmarks/synthetic_data.py --cnn-epochs 0 # kNN only
 
 kNN: cosine similarity on ImageNet-normalised, flattened pixels, k nearest training images
 vote with weight exp(sim / T) (the weighted kNN of InstDisc/DINO, T = 0.07); the plain
@@ -23,31 +23,7 @@ from torch import Tensor, nn
 
 from moco3.augment import IMAGENET_MEAN, IMAGENET_STD
 from moco3.data import build_dataset
-
-
-def pixel_features(images: Tensor) -> Tensor:
-    """uint8 (N,3,H,W) -> L2-normalised float (N, 3*H*W) of ImageNet-normalised pixels."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    x = (images.float() / 255 - mean) / std
-    return F.normalize(x.flatten(1), dim=1)
-
-
-def knn_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor,
-                 k: int = 20, temperature: float | None = 0.07, num_classes: int = 10,
-                 chunk: int = 512) -> float:
-    """Top-1 % of a cosine kNN classifier; features (N,D) already L2-normalised.
-
-    temperature=None: majority vote; else votes weighted by exp(sim / temperature).
-    """
-    correct = 0
-    for start in range(0, len(test_f), chunk):
-        sim = test_f[start:start + chunk] @ train_f.T
-        top_sim, top_idx = sim.topk(k, dim=1)
-        votes = torch.ones_like(top_sim) if temperature is None else (top_sim / temperature).exp()
-        scores = torch.zeros(len(top_sim), num_classes).scatter_add_(1, train_y[top_idx], votes)
-        correct += int((scores.argmax(1) == test_y[start:start + chunk]).sum())
-    return 100.0 * correct / len(test_f)
+from moco3.knn import pixel_features, weighted_knn_top1
 
 
 class SmallCNN(nn.Module):
@@ -131,9 +107,9 @@ def main() -> None:
           f"{train.num_classes} classes, generated in {gen_s:.2f} s")
 
     tf, vf = pixel_features(train_x), pixel_features(val_x)
-    weighted = knn_accuracy(tf, train_y, vf, val_y, k=args.k, num_classes=train.num_classes)
-    majority = knn_accuracy(tf, train_y, vf, val_y, k=args.k, temperature=None,
-                            num_classes=train.num_classes)
+    weighted = weighted_knn_top1(tf, train_y, vf, val_y, train.num_classes, k=args.k)
+    majority = weighted_knn_top1(tf, train_y, vf, val_y, train.num_classes, k=args.k,
+                                 t=None)
     print(f"raw-pixel kNN (k={args.k}, cosine): weighted {weighted:.1f} %, "
           f"majority {majority:.1f} %  (chance {100 / train.num_classes:.1f} %)")
     if args.cnn_epochs > 0:

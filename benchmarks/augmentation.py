@@ -1,7 +1,7 @@
 """Two-view augmentation speed per core: moco3.augment vs the official MoCo v3 PIL pipeline.
 
-    python experiments/benchmark_augment.py            # ~1 minute
-    python experiments/benchmark_augment.py --rounds 3 --seconds 0.5   # quicker, noisier
+    python benchmarks/augmentation.py            # ~1 minute
+    python benchmarks/augmentation.py --rounds 3 --seconds 0.5   # quicker, noisier
 
 Two scales, both measured in this run on one thread (torch.set_num_threads(1)):
 * photo: scikit-learn's two sample photos (427x640) to 224 px crops (crop_min 0.08);

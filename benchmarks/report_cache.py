@@ -1,6 +1,6 @@
 """How long the report takes for a large study: 1,000 runs x 10,000 metrics rows.
 
-    python analysis/benchmark.py [--runs 1000] [--rows 10000] [--dir DIR] [--keep]
+    python benchmarks/report_cache.py [--runs 1000] [--rows 10000] [--dir DIR] [--keep]
 
 Writes that many run folders (every ablation of the paper, seeds spread over the grid;
 about 4.8 MB of metrics.jsonl per run) into a temporary folder, then times
@@ -193,7 +193,7 @@ def _summary(output: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python analysis/benchmark.py",
+    parser = argparse.ArgumentParser(prog="python benchmarks/report_cache.py",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=10_000, help="metrics rows per run")

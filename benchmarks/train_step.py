@@ -1,7 +1,7 @@
 """Throughput of the MoCo v3 training step: ours vs a plain eager fp32 step, in one run.
 
-    python experiments/benchmark.py                       # tiny ViT at 32 px, CPU
-    python experiments/benchmark.py --arch vit_base --img-size 224 --patch-size 16 \
+    python benchmarks/train_step.py                       # tiny ViT at 32 px, CPU
+    python benchmarks/train_step.py --arch vit_base --img-size 224 --patch-size 16 \
         --batch 128 --precision bf16 --compile            # on a GPU
 
 The baseline reproduces the official step's cost structure on the same model: each view
