@@ -27,10 +27,10 @@ from moco3.augment import EvalTransform, ProbeTrainTransform
 from moco3.config import ConfigError, config_hash, to_run_config
 from moco3.data import IndexedTransformDataset
 from moco3.dist import get_rank, get_world_size
+from moco3.precision import autocast_dtype, resolve_precision
 from moco3.preemption import PreemptionFlag
 from moco3.runlog import RunLog
 from moco3.train import (
-    autocast_dtype,
     build_moco,
     build_split,
     pick_device,
@@ -67,7 +67,7 @@ class Prober:
         if cfg.train.threads:
             torch.set_num_threads(int(cfg.train.threads))
         self.device = pick_device(cfg.train.device)
-        self.amp_dtype = autocast_dtype(cfg.probe.precision, self.device)
+        self.amp_dtype = autocast_dtype(resolve_precision(cfg.probe.precision, self.device))
         self.model = build_moco(cfg, global_bn=False).to(self.device)
         use_fused_attention(self.model, self.device)
         found = ckpt.last_path(self.run_dir)

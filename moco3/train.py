@@ -35,12 +35,14 @@ from moco3.dist import get_rank, get_world_size
 from moco3.knn import extract_features, weighted_knn_top1
 from moco3.loader import StepBatchSampler, epoch_loader
 from moco3.model import MoCo, build_model
-from moco3.monitor import InstabilityMonitor, group_grad_norms
+from moco3.monitor import InstabilityMonitor
 from moco3.negatives import Negatives, build_negatives
 from moco3.optim import build_optimizer
+from moco3.precision import autocast_dtype, resolve_precision
 from moco3.preemption import PreemptionFlag
 from moco3.runlog import RunLog
 from moco3.schedules import lr_at, momentum_at, scaled_lr, wd_at
+from moco3.step import MocoStep
 
 GROUPS = ("patch_embed", "first_block", "last_block", "heads")
 _TIMING_KEYS = ("sec_per_step", "img_per_sec", "peak_mem_mb")
@@ -53,13 +55,6 @@ def pick_device(name: str) -> torch.device:
         index = torch.cuda.current_device() if torch_dist.is_initialized() else 0
         return torch.device("cuda", index)
     return torch.device("cpu")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CPU and GPU; fp16 (with a grad scaler) on GPU only; None for fp32."""
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU.")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def build_moco(cfg: DictConfig, global_bn: bool) -> MoCo:
@@ -87,15 +82,6 @@ def use_fused_attention(model: nn.Module, device: torch.device) -> None:
     for module in model.modules():
         if hasattr(module, "set_fused_attention"):
             module.set_fused_attention(device.type == "cuda")
-
-
-def compute_loss(negatives: Negatives, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor,
-                 index: Tensor, symmetric: bool) -> Tensor:
-    """ctr(q1, k2) + ctr(q2, k1) (v3), or ctr(q1, k2) alone (v1/v2). Inputs (N, dim)."""
-    loss = negatives.loss(q1, k2, index)
-    if symmetric:
-        loss = loss + negatives.loss(q2, k1, index)
-    return loss
 
 
 def _peak_mem_mb(device: torch.device) -> float:
@@ -129,7 +115,10 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(int(cfg.train.threads))
         self.device = pick_device(cfg.train.device)
-        self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.amp_dtype = autocast_dtype(self.precision)
+        # kNN features in the evaluation precision (fp32 by default, as the official probe).
+        self.eval_dtype = autocast_dtype(resolve_precision(cfg.probe.precision, self.device))
         self.hash = config_hash(cfg)
         self.runlog = RunLog(self.run_dir, self.is_main)
 
@@ -175,6 +164,9 @@ class Trainer:
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         if cfg.train.compile:
             self.net = torch.compile(self.net)
+        self.step_fn = MocoStep(self.net, self.model, self.negatives, self.optimizer,
+                                self.amp_dtype, self.scaler, cfg.moco.symmetric,
+                                cfg.optim.grad_clip, self.groups)
 
     # -- data -------------------------------------------------------------------------
     def _build_data(self) -> None:
@@ -253,41 +245,10 @@ class Trainer:
     def train_step(self, x1: Tensor, x2: Tensor, index: Tensor, m: float
                    ) -> tuple[Tensor, Tensor]:
         """One optimizer step. Returns the loss and the group gradient norms, on device."""
-        cfg = self.cfg
         x1 = x1.to(self.device, non_blocking=True)
         x2 = x2.to(self.device, non_blocking=True)
         index = index.to(self.device, non_blocking=True)
-        amp = torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                             enabled=self.amp_dtype is not None)
-        with amp:
-            q1, q2, z1, z2 = self.net(x1, x2)
-            if self.negatives.needs_momentum_encoder:
-                # As the official: the momentum update comes after the queries and before
-                # the keys of the same step.
-                self.model.update_momentum_encoder(m)
-                k1, k2 = self.model.forward_keys(x1, x2)
-            else:
-                k1, k2 = z1, z2  # end_to_end: keys with gradient; memory_bank: for update
-        # The loss in fp32: logits / tau with tau = 0.2 lose too much in bf16.
-        loss = compute_loss(self.negatives, q1.float(), q2.float(), k1.float(), k2.float(),
-                            index, cfg.moco.symmetric)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        norms = group_grad_norms(self.groups)
-        if cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        keys = [k1.detach(), k2.detach()] if cfg.moco.symmetric else [k2.detach()]
-        self.negatives.update([k.float() for k in keys], index)
-        return loss.detach(), norms.detach()
+        return self.step_fn(x1, x2, index, m)
 
     # -- monitoring -----------------------------------------------------------------------
     def _row(self, kind: str, **values: Any) -> dict[str, Any]:
@@ -302,9 +263,9 @@ class Trainer:
         self.model.eval()
         try:
             memory, memory_labels = extract_features(self.model.features, self.knn_memory,
-                                                     self.device, self.amp_dtype)
+                                                     self.device, self.eval_dtype)
             queries, query_labels = extract_features(self.model.features, self.knn_queries,
-                                                     self.device, self.amp_dtype)
+                                                     self.device, self.eval_dtype)
         finally:
             self.model.train(was_training)
         t = self.cfg.train

@@ -94,7 +94,7 @@ def test_the_tiny_scale_is_the_documented_one():
     assert (cfg.data.crop_min, cfg.moco.m0) == (0.25, 0.9)
     t = cfg.train
     assert (t.batch_size, t.epochs, t.precision, t.knn_memory, t.knn_queries) == (
-        128, 10, "bf16", 2000, 500)
+        128, 10, "auto", 2000, 500)
     assert (cfg.probe.epochs, cfg.probe.batch_size, cfg.probe.augment) == (30, 256, False)
 
 

@@ -131,9 +131,9 @@ def test_corrupt_last_falls_back_to_milestone(reference: Path, tmp_path: Path, c
 
 
 def test_non_finite_loss_is_a_result(tmp_path: Path, monkeypatch) -> None:
-    import moco3.train as train_module
+    import moco3.step as step_module
 
-    real = train_module.compute_loss
+    real = step_module.compute_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -141,7 +141,7 @@ def test_non_finite_loss_is_a_result(tmp_path: Path, monkeypatch) -> None:
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] >= 6 else loss
 
-    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    monkeypatch.setattr(step_module, "compute_loss", poisoned)
     assert train(tiny(), tmp_path) == "diverged"
     status = json.loads((tmp_path / "status.json").read_text())
     summary = json.loads((tmp_path / "summary.json").read_text())
