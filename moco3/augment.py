@@ -81,8 +81,10 @@ class ViewParams:
 
 
 def blur_kernel_size(img_size: int) -> int:
-    """Odd kernel of about 10% of the image (SimCLR/BYOL): 23 at 224 px, 3 at 32 px."""
-    return max(3, 2 * int(0.05 * img_size) + 1)
+    """Odd kernel covering 3 sigma of the widest blur (13 taps for sigma 2), whatever the
+    image size: the blur must be as strong as the official PIL blur of the same sigma at
+    32 px as at 224 px. Capped where reflect padding needs it (2 * img_size - 1)."""
+    return min(2 * math.ceil(BLUR_TRUNCATE * BLUR_SIGMA[1]) + 1, 2 * img_size - 1)
 
 
 # ---------------------------------------------------------------- random parameters
@@ -295,14 +297,18 @@ def to_grayscale3(x: Tensor) -> Tensor:
 def gaussian_kernels(sigma: np.ndarray, kernel_size: int) -> np.ndarray:
     """(n,) sigmas -> (n, 2r+1) normalised 1-D Gaussians, r <= kernel_size // 2.
 
-    The taps stop at 3 sigma of the widest kernel (BLUR_TRUNCATE), which cuts the cost of
-    the blur by half at 224 px; the taps left out hold < 0.2% of the mass, so an output
-    pixel moves by < 0.3/255 (less than the uint8 rounding of the official pipeline).
+    Each image's taps stop at 3 of its own sigmas (BLUR_TRUNCATE; zeros beyond, up to the
+    widest kernel of the batch), so an image is blurred the same alone or in a batch, and
+    the blur costs half as much at 224 px; the taps left out hold < 0.2% of the mass, so an
+    output pixel moves by < 0.3/255 (less than the uint8 rounding of the official pipeline).
     """
     sigma = np.asarray(sigma, dtype=np.float64)
-    radius = min(kernel_size // 2, max(1, math.ceil(BLUR_TRUNCATE * float(sigma.max()))))
+    own = np.minimum(kernel_size // 2,
+                     np.maximum(1, np.ceil(BLUR_TRUNCATE * sigma))).astype(np.int64)  # (n,)
+    radius = int(own.max())
     taps = np.arange(-radius, radius + 1, dtype=np.float64)
     k = np.exp(-0.5 * (taps[None, :] / sigma[:, None]) ** 2)
+    k[np.abs(taps)[None, :] > own[:, None]] = 0.0
     return k / k.sum(axis=1, keepdims=True)
 
 
@@ -313,9 +319,11 @@ def gaussian_blur(x: Tensor, sigma: np.ndarray, kernel_size: int) -> Tensor:
     its 2-D kernel, which is separable) of shifted multiply-adds, which on CPU beat torch's
     depthwise convolution several times for such small kernels; taps within 3 sigma only.
     """
-    # Divergence: the official blur is PIL's GaussianBlur(radius=sigma), an iterated box-blur
-    # approximation without a kernel size; we use the Gaussian kernel of ~10% of the image
-    # (SimCLR/BYOL), as torchvision does, truncated at 3 sigma (see gaussian_kernels).
+    # Divergence: the official blur is PIL's GaussianBlur(radius=sigma), three box blurs
+    # that approximate a Gaussian of that sigma; we apply the Gaussian itself, truncated at
+    # 3 sigma (see gaussian_kernels), with reflect padding: as strong as PIL's at every
+    # sigma and image size (test_augment compares the two). Not SimCLR/BYOL's kernel of
+    # 10 % of the image, which at 32 px (3 taps) would blur at sigma 2 only 0.6x as much.
     kernels = gaussian_kernels(sigma, kernel_size)
     taps = kernels.shape[1]
     radius = taps // 2

@@ -83,6 +83,9 @@ class DataConfig:
     num_val: int = 2000  # synthetic only
     seed: int = 0  # seed of the synthetic data itself, not of training
     crop_min: float = 0.08  # RandomResizedCrop scale min: 0.08 ViT, 0.2 R50
+    # Evaluation (kNN, probe) keeps this share of the resized image; None: the dataset's
+    # protocol, 0.875 for ImageNet folders (Resize 256 + CenterCrop 224), else 1.0.
+    eval_crop: float | None = None
     num_workers: int = 0
 
 

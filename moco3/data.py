@@ -259,6 +259,16 @@ def _image_folder(name: str, split: str, root: str | None,
     return ImageFileDataset(samples, classes)
 
 
+def eval_crop_fraction(name: str, requested: float | None = None) -> float:
+    """The share of the (resized) image that evaluation keeps: `requested`, or the dataset's
+    protocol - 0.875 for photo folders (the official Resize(256) + CenterCrop(224)), 1.0
+    (the whole image) for datasets stored at their training size (synthetic, digits, CIFAR,
+    STL-10), where a centre crop would only cut off part of every image."""
+    if requested is not None:
+        return float(requested)
+    return 0.875 if name in ("imagefolder", "imagenet100") else 1.0
+
+
 def build_dataset(name: str = "synthetic", split: str = "train", root: str | None = None,
                   img_size: int = 32, num_train: int = 10000, num_val: int = 2000, seed: int = 0,
                   download: bool = False, class_list: str | None = None) -> Dataset:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from moco3 import checkpoint as ckpt
 from moco3.augment import EvalTransform, ProbeTrainTransform
 from moco3.config import ConfigError, config_hash, to_run_config
-from moco3.data import IndexedTransformDataset
+from moco3.data import IndexedTransformDataset, eval_crop_fraction
 from moco3.dist import get_rank, get_world_size
 from moco3.precision import autocast_dtype, resolve_precision
 from moco3.preemption import PreemptionFlag
@@ -80,13 +80,13 @@ class Prober:
         self.pretrain_step = int(state["step"])
         self.images_seen = self.pretrain_step * cfg.train.batch_size
         self.model.eval().requires_grad_(False)  # frozen backbone, eval mode (official)
-        m = cfg.model
+        m, d = cfg.model, cfg.data
         train_set, val_set = build_split(cfg, "train"), build_split(cfg, "val")
         self.num_classes = train_set.num_classes
-        train_tf = ProbeTrainTransform(m.img_size) if cfg.probe.augment else EvalTransform(
-            m.img_size)
+        eval_tf = EvalTransform(m.img_size, eval_crop_fraction(d.name, d.eval_crop))
+        train_tf = ProbeTrainTransform(m.img_size) if cfg.probe.augment else eval_tf
         self.train_images = IndexedTransformDataset(train_set, train_tf)
-        self.val_images = IndexedTransformDataset(val_set, EvalTransform(m.img_size))
+        self.val_images = IndexedTransformDataset(val_set, eval_tf)
         torch.manual_seed(cfg.seed)
         dim = self.model.base_encoder.backbone.num_features
         self.head = LinearHead(dim, self.num_classes, cfg.probe.bn).to(self.device)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from moco3 import checkpoint as ckpt
 from moco3.augment import EvalTransform, TwoViewTransform
 from moco3.config import ConfigError, config_hash, to_run_config
-from moco3.data import IndexedTransformDataset, build_dataset
+from moco3.data import IndexedTransformDataset, build_dataset, eval_crop_fraction
 from moco3.dist import get_rank, get_world_size
 from moco3.knn import extract_features, weighted_knn_top1
 from moco3.loader import StepBatchSampler, epoch_loader
@@ -175,7 +175,7 @@ class Trainer:
         self.val_set = build_split(self.cfg, "val")
         self.images = IndexedTransformDataset(self.train_set, None)  # uint8, augmented per batch
         self.two_views = TwoViewTransform(m.img_size, crop_min=d.crop_min)
-        eval_tf = EvalTransform(m.img_size)
+        eval_tf = EvalTransform(m.img_size, eval_crop_fraction(d.name, d.eval_crop))
         t = self.cfg.train
         memory = torch.arange(min(t.knn_memory, len(self.train_set)))
         queries = torch.arange(min(t.knn_queries, len(self.val_set)))
