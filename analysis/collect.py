@@ -7,7 +7,7 @@
   numbers (summary.json, or derived from metrics.jsonl when it is missing or null), scale,
   config_hash, and bookkeeping (run_dir relative to the root, factor_names, factor_label).
 * ``steps`` -- the metrics rows of the requested kinds, deduplicated per run by (kind, step)
-  keeping the last (see ``analysis.runfolder.dedup_key``), with ablation/run_id/run_dir.
+  keeping the last (see ``runfolder.rows.dedup_key``), with ablation/run_id/run_dir.
 * ``warnings`` -- one line per problem found, each naming its file: runs in progress, a
   truncated last line, a missing summary, unknown keys, an unwritable cache.
 
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.cache import ParseCache, file_key
-from analysis.runfolder import RUN_FILES, load_train_rows, read_run
+from analysis.rundata import RUN_FILES, load_train_rows, read_run
 
 ENV_VAR = "MOCO3_RUNS_ROOT"
 DEFAULT_RUNS_ROOT = "runs"
@@ -42,7 +42,8 @@ MAX_DEPTH = 6  # <root>/<ablation>/<factors>/<seed=N> is 3; leave room for nesti
 ID_COLUMNS = ["ablation", "run_id"]
 RUN_COLUMNS = [
     "seed", "state", "step", "total_steps", "epoch", "images_seen",
-    "knn_top1", "knn_top1_max", "linear_top1", "num_knn_dips", "max_knn_dip",
+    "knn_top1", "knn_top1_max", "knn_top1_pixels", "linear_top1", "num_knn_dips",
+    "max_knn_dip", "precision", "threads",
     "num_spikes_first", "num_spikes_last", "diverged_step", "final_loss", "train_seconds",
     "has_summary", "summary_source", "scale", "config_hash", "cfg.epochs", "cfg.dataset",
     "cfg.arch", "job_id", "error", "phase", "updated", "num_metrics_rows",

@@ -12,7 +12,7 @@ Figures of an ablation (``figure_specs``):
 * ``patch_proj``  learned vs frozen patch projection kNN curves (ablations with a
                   ``patch_embed`` factor), one panel per other factor value;
 * ``grad``        first- vs last-layer gradient norm over steps for one run per factor value,
-                  spikes (``analysis.instability``) marked -- the paper's spike figure. Its
+                  the job's spike events marked -- the paper's spike figure. Its
                   data (train rows) are loaded only when the figure is drawn;
 * ``negatives``   accuracy against the number of negatives K per mechanism, log x, beside
                   MoCo v1's published points (ablations with ``mechanism`` and ``K``);
@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis import instability
 from analysis.collect import Collection, factor_column
 from analysis.reference import reference_for
-from analysis.summarize import LAST_LAYER_KEY, first_layer_key
 from analysis.tables import METRIC_NAMES, AblationTable, level_sort_key
+from runfolder.instability import SPIKE_FACTOR, SPIKE_MIN_HISTORY, SPIKE_WINDOW
 
 FORMATS = ("png", "pdf")  # every figure is written in each
 MAX_PANELS = 6
@@ -47,6 +46,7 @@ STYLE_VERSION = "2"  # part of every digest: bump to redraw all figures after a 
 MECHANISM_NAMES = {"end_to_end": "end-to-end", "memory_bank": "memory bank",
                    "queue": "MoCo queue", "in_batch": "in-batch (v3)"}
 K_FACTORS = ("K", "k", "num_negatives", "negatives")
+LAST_LAYER_COLUMN = "grad_norm_last_block"
 
 
 @dataclass
@@ -214,33 +214,54 @@ def choose_runs_for_gradients(runs: pd.DataFrame, ablation: str, factors: list[s
     return [(panel, best.loc[panel, "run_dir"]) for panel in panels]
 
 
+def _first_layer_column(rows: pd.DataFrame) -> str:
+    """The first layer that learns: the patch projection, unless it is frozen (its norm is
+    then logged as 0 or not at all), else the first block -- as the job counts it."""
+    norms = pd.to_numeric(rows.get("grad_norm_patch_embed", pd.Series(dtype="float64")),
+                          errors="coerce")
+    return "grad_norm_patch_embed" if (norms > 0).any() else "grad_norm_first_block"
+
+
+def _spike_events(collection: Collection, run_dir: str, group: str) -> pd.DataFrame:
+    """The job's grad_spike events of one group (it checks every step; the logged norms
+    are every log_every-th only): step and the norm that spiked."""
+    steps = collection.steps
+    if steps.empty or "event" not in steps.columns:
+        return pd.DataFrame({"step": [], "value": []})
+    hit = steps[(steps["run_dir"] == run_dir) & (steps["kind"] == "event")
+                & (steps["event"] == "grad_spike") & (steps.get("group") == group)]
+    return pd.DataFrame({"step": pd.to_numeric(hit["step"], errors="coerce"),
+                         "value": pd.to_numeric(hit["value"], errors="coerce")})
+
+
 def _grad_frames(chosen: list[tuple[str, str]], runs: pd.DataFrame, collection: Collection,
                  notes: list[str]) -> dict[str, pd.DataFrame] | None:
-    columns = ["grad_norm_patch_embed", "grad_norm_first_block", LAST_LAYER_KEY]
+    columns = ["grad_norm_patch_embed", "grad_norm_first_block", LAST_LAYER_COLUMN]
     train = collection.train_steps([d for _, d in chosen], columns=columns)
     info = runs.set_index("run_dir")
     lines, spikes, panels = [], [], []
     for panel, run_dir in chosen:
         rows = train[train["run_dir"] == run_dir].sort_values("step")
-        first = first_layer_key(rows)
+        first = _first_layer_column(rows)
         where = "patch projection" if first == "grad_norm_patch_embed" else "first block"
         counts = []
         for key, label in ((first, f"first layer ({where})"),
-                           (LAST_LAYER_KEY, "last layer (last block)")):
-            if key is None or key not in rows.columns or not rows[key].notna().any():
+                           (LAST_LAYER_COLUMN, "last layer (last block)")):
+            if key not in rows.columns or not rows[key].notna().any():
                 continue
             values = pd.to_numeric(rows[key], errors="coerce").astype("float64").to_numpy()
             steps = rows["step"].astype("float64").to_numpy()
-            found = instability.find_spikes(values.tolist())  # NaN: non-finite, a spike
-            counts.append(f"{len(found)} {label.split(' ')[0]}")
             drawable = np.isfinite(values) & (values > 0)  # log axis
             xs, ys = downsample_max(steps[drawable], values[drawable])
             lines.append(pd.DataFrame({"panel": panel, "series": label, "x": xs, "y": ys}))
+            found = _spike_events(collection, run_dir, key[len("grad_norm_"):])
+            counts.append(f"{len(found)} {label.split(' ')[0]}")
             # Non-finite norms (overflow) are spikes too; y is NaN and they are drawn at
             # the top edge.
-            hit = [i for i in found if drawable[i] or not np.isfinite(values[i])]
-            spikes.append(pd.DataFrame({"panel": panel, "series": label, "x": steps[hit],
-                                        "y": np.where(drawable[hit], values[hit], np.nan)}))
+            value = found["value"].to_numpy(dtype="float64")
+            spikes.append(pd.DataFrame({
+                "panel": panel, "series": label, "x": found["step"].to_numpy(dtype="float64"),
+                "y": np.where(np.isfinite(value) & (value > 0), value, np.nan)}))
         if not counts:
             notes.append(f"{panel or 'baseline'}: no gradient norms logged ({run_dir})")
             continue
@@ -263,8 +284,7 @@ def prepare_grad(name: str, ablation: str, runs: pd.DataFrame, collection: Colle
     if not chosen:
         return None
     info = runs.set_index("run_dir")
-    thresholds = (instability.SPIKE_FACTOR, instability.SPIKE_WINDOW,
-                  instability.SPIKE_MIN_HISTORY, MAX_POINTS)
+    thresholds = (SPIKE_FACTOR, SPIKE_WINDOW, SPIKE_MIN_HISTORY, MAX_POINTS)
     key = "|".join(
         f"{panel}={run_dir}@{collection.found[run_dir].metrics_key}"
         f"@{info.loc[run_dir, 'seed']}@{info.loc[run_dir, 'diverged_step']}"
@@ -369,7 +389,8 @@ def figure_specs(ablation: str, runs: pd.DataFrame, knn: pd.DataFrame,
             "Gradient norm of the first layer (the patch projection, or the first block "
             "when the projection is frozen) and of the last block over training steps, for "
             "one run per factor value (the one with the most first-layer spikes); "
-            "triangles mark spikes as defined in analysis/instability.py.",
+            "triangles mark the spikes the training job found at every step, as defined in "
+            "runfolder/instability.py.",
         ))
     specs.append(prepare_negatives(
         f"{ablation}_negatives", runs, factors, table.metric,

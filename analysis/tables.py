@@ -26,11 +26,12 @@ import pandas as pd
 
 from analysis.collect import factor_column
 from analysis.reference import level_rank, paper_number, reference_for
+from runfolder.states import RESULTS
 
 METRICS = ("linear_top1", "knn_top1")
 METRIC_NAMES = {"linear_top1": "linear top-1", "knn_top1": "kNN top-1"}
-FINISHED = ("done",)
-TRAINED = ("done", "diverged")
+FINISHED = ("done",)  # runs with final accuracies
+TRAINED = RESULTS  # runs whose instability counts are final
 
 
 @dataclass

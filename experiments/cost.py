@@ -77,7 +77,7 @@ def backbone_macs(model: Any) -> tuple[int, int]:
     """(forward multiply-adds per image, feature width) of `model` (a ModelConfig)."""
     if model.arch == "resnet50":
         return resnet50_macs(model.img_size), 2048
-    from moco3.vit import VIT_ARCHS
+    from moco3.archs import VIT_ARCHS
 
     arch = VIT_ARCHS[model.arch]
     width = model.embed_dim or arch["embed_dim"]

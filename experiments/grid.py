@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments.schema import SCALES, GridConfig, ResourcesConfig
+from moco3.archs import applies
 from moco3.config import ConfigError, RunConfig, config_hash, to_run_config
 
 RUN_KEYS = tuple(RunConfig.__dataclass_fields__)  # seed, model, moco, data, ...
@@ -141,6 +142,19 @@ def _absolute_data_root(node: DictConfig) -> None:
         node.data.root = str(Path(root).expanduser())
 
 
+def _check_varied_keys_apply(node: DictConfig, sources: list[tuple[str, dict[str, Any]]],
+                             ablation: str, run_id: str) -> None:
+    """A study may only vary model switches that mean something for the run's arch (a
+    pos_embed study on a ResNet-50 would train identical models under three labels)."""
+    arch = node.model.arch
+    for where, overrides in sources[1:]:  # the levels; sources[0] is the grid's overrides
+        for key in overrides:
+            if key.startswith("model.") and not applies(arch, key[len("model."):]):
+                raise GridError(f"ablation {ablation}: level {where} varies {key}, which "
+                                f"cannot apply to model.arch={arch} (run {run_id}); choose "
+                                "an architecture the study applies to.")
+
+
 def expand(cfg: DictConfig, ablation: str, scale: str) -> list[PlannedRun]:
     """Every run of `cfg.ablation` at `scale`, in grid order, seeds innermost."""
     base = OmegaConf.create({k: _plain(cfg[k]) for k in RUN_KEYS})
@@ -155,6 +169,7 @@ def expand(cfg: DictConfig, ablation: str, scale: str) -> list[PlannedRun]:
             _apply(node, study, scale, f"ablation {ablation}: overrides")
             for where, overrides in sources:
                 _apply(node, overrides, scale, f"ablation {ablation}: {where}")
+            _check_varied_keys_apply(node, sources, ablation, run_id)
             node.seed = seed
             node.meta = {"ablation": ablation, "run_id": run_id, "factors": factors,
                          "seed": seed, "scale": scale}

@@ -1,54 +1,65 @@
-"""The job of one run: pre-train, then the linear probe. A submitit callable, and a command.
+"""The job of one run as a submitit callable, and as a command for the local pool.
 
-    python -m experiments.job RUN_DIR       # what the local launcher runs for each run
+    python -m experiments.job RUN_DIR [--config-sha256 HEX] [--threads N]
 
-The job reads `RUN_DIR/config.yaml` (written by the launcher on the login node) and nothing
-else. `moco3.train.train` resumes by itself from the run folder and checkpoints on its own
-schedule and on SIGTERM/USR1/USR2; `checkpoint()` - submitit's hook, called inside the
-signal handler on global rank 0 - therefore only hands back the resubmission: it must not
+Both run `moco3.job.run_job`: pre-train (resuming from the run folder's checkpoints), then
+the linear probe, every failure recorded in the run folder. `checkpoint()` - submitit's
+hook, called inside the signal handler on global rank 0 - only hands back the
+resubmission: the training loop itself checkpoints on the signal, and the hook must not
 save or call collectives.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+import traceback
 from pathlib import Path
 
 import submitit
 
 
 class RunJob:
-    """Pre-train the run in `run_dir` (resuming if it can) and probe it when it is done."""
+    """Pre-train the run in `run_dir` (resuming if it can) and probe it when it is done.
+    `config_sha256`: the config.yaml the launcher wrote; `threads`: torch threads for a CPU
+    run (a resumed run keeps the count it started with)."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, config_sha256: str | None = None,
+                 threads: int | None = None) -> None:
         self.run_dir = str(Path(run_dir).resolve())
+        self.config_sha256 = config_sha256
+        self.threads = threads
 
     def __call__(self) -> str:
-        # Imported here: the launcher pickles this object without loading torch.
-        from moco3 import dist, probe, train
-        from moco3.config import load_run_config
+        from moco3.job import run_job  # the launcher pickles this object without torch
 
-        run_dir = Path(self.run_dir)
-        cfg = load_run_config(run_dir / "config.yaml")
-        dist.init_distributed()
-        state = train.train(cfg, run_dir)
-        if state == "done" and cfg.probe.enabled:
-            probe.probe(cfg, run_dir)
-        return state
+        return run_job(self.run_dir, self.config_sha256, self.threads)
 
     def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
         """Requeue the same job; it resumes from the checkpoint train saved on the signal."""
-        return submitit.helpers.DelayedSubmission(RunJob(self.run_dir))
+        return submitit.helpers.DelayedSubmission(
+            RunJob(self.run_dir, self.config_sha256, self.threads))
 
     def __repr__(self) -> str:
         return f"RunJob({self.run_dir!r})"
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m experiments.job RUN_DIR", file=sys.stderr)
-        return 2
-    state = RunJob(argv[0])()
+    p = argparse.ArgumentParser(prog="python -m experiments.job",
+                                description="Run one run folder's job here.")
+    p.add_argument("run_dir")
+    p.add_argument("--config-sha256", default=None,
+                   help="sha256 of the config.yaml the launcher wrote (refuse an edited one)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of a CPU run")
+    args = p.parse_args(argv)
+    try:
+        state = RunJob(args.run_dir, args.config_sha256, args.threads)()
+    except Exception as err:  # recorded in the run folder; the traceback goes to this log
+        from moco3.job import error_sentence
+
+        traceback.print_exc()
+        print(f"job failed: {error_sentence(err)}", file=sys.stderr)
+        return 1
     return 0 if state in ("done", "diverged") else 1
 
 

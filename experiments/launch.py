@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +39,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from experiments import cost, progress, slurm_jobs
 from experiments.grid import GridError, PlannedRun, expand
+from experiments.job import RunJob
 from experiments.local_pool import pool_alive
 from experiments.rundir import (
     MANIFEST,
@@ -46,13 +49,13 @@ from experiments.rundir import (
     decide,
     launch_lock,
     manifest_row,
-    mark_pending,
     read_manifest,
-    write_config,
     write_manifest,
+    write_run,
 )
 from experiments.schema import LAUNCHERS, LauncherConfig, register
 from moco3.config import ConfigError
+from runfolder.states import RESULTS
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 CONF_ENV = "MOCO3_CONF_DIR"
@@ -252,7 +255,7 @@ class Launch:
         for run in runs:
             jobs = manifest.get(run.run_id, {}).get("job_ids") or []
             out[run.run_id] = decide(run, self.dir / run.run_id, jobs[-1] if jobs else None,
-                                     self.alive)
+                                     self.alive, retry_failed=bool(self.cfg.retry_failed))
         return out
 
     def run(self) -> int:
@@ -274,9 +277,9 @@ class Launch:
                 slots = local_slots(todo, launcher)
                 self.say(f"local: {len(todo)} run(s), {slots[0]} at a time"
                          + (f", {slots[1]} thread(s) each" if not slots[2] else ""))
-            manifest = self._write(runs, todo, decisions, launcher, threads=slots[1])
+            manifest = self._write(runs, todo, decisions, launcher)
             if todo:
-                self._record(manifest, self._submit(todo, launcher, slots))
+                self._record(manifest, self._submit(todo, launcher, slots, manifest))
             else:
                 self.say("nothing to submit.")
         if todo and launcher.kind == "debug":
@@ -295,21 +298,18 @@ class Launch:
                 f"{r.run_id} ({decisions[r.run_id].reason})" for r in skipped))
 
     def _write(self, runs: list[PlannedRun], todo: list[PlannedRun],
-               decisions: dict[str, Decision], launcher: DictConfig, threads: int
+               decisions: dict[str, Decision], launcher: DictConfig
                ) -> dict[str, dict[str, Any]]:
-        """config.yaml + pending status of each run to submit, then the manifest."""
-        for r in todo:
-            cfg = r.config.copy()
-            if r.resources["gpus"] == 0:  # threads are not in the config hash
-                cfg.train.threads = (threads if launcher.kind == "local"
-                                     else r.resources["cpus"] or launcher.cpus_per_task)
-            write_config(self.dir / r.run_id, cfg)
-            mark_pending(self.dir / r.run_id)
+        """config.yaml (only for a new run, or one no job has trained whose config changed)
+        + pending status of each run to submit, then the manifest with each config's
+        sha256, which the job checks before it reads the file."""
         manifest = read_manifest(self.dir / MANIFEST)
+        shas = {r.run_id: write_run(self.dir / r.run_id, r.config,
+                                    rewrite=decisions[r.run_id].rewrite) for r in todo}
         for r in runs:
-            if r.run_id not in manifest or decisions[r.run_id].action == "submit":
+            if r.run_id not in manifest or r.run_id in shas:
                 manifest[r.run_id] = manifest_row(r, self.ablation, manifest.get(r.run_id),
-                                                  launcher.kind)
+                                                  launcher.kind, shas.get(r.run_id))
         write_manifest(self.dir / MANIFEST, manifest)
         return manifest
 
@@ -322,31 +322,51 @@ class Launch:
 
     # -- executors ---------------------------------------------------------------------------
     def _submit(self, todo: list[PlannedRun], launcher: DictConfig,
-                slots: tuple[int, int, list[int]]) -> dict[str, str]:
+                slots: tuple[int, int, list[int]], manifest: dict[str, dict[str, Any]]
+                ) -> dict[str, str]:
         """Hand the runs to the executor; run id -> job id."""
+        jobs = {r.run_id: RunJob(self.dir / r.run_id, manifest[r.run_id]["config_sha256"],
+                                 self._threads(r, launcher, slots[1])) for r in todo}
         if launcher.kind == "debug":  # runs after the lock is released, in this process
+            self.debug_jobs = jobs
             return {r.run_id: f"debug:{socket.gethostname()}:{os.getpid()}" for r in todo}
         if launcher.kind == "local":
-            return self._start_pool(todo, *slots)
-        return self._submit_slurm(todo, launcher)
+            return self._start_pool(todo, jobs, slots[0], slots[2])
+        return self._submit_slurm(todo, jobs, launcher)
 
-    def _start_pool(self, todo: list[PlannedRun], parallel: int, threads: int,
+    @staticmethod
+    def _threads(run: PlannedRun, launcher: DictConfig, local_threads: int) -> int | None:
+        """Torch threads of a CPU run: its share of this machine (local), its SLURM cores;
+        None for GPU runs (torch's default). A resumed run keeps the count it started with."""
+        if run.resources["gpus"]:
+            return None
+        if launcher.kind == "slurm":
+            return int(run.resources["cpus"] or launcher.cpus_per_task)
+        return local_threads
+
+    def _start_pool(self, todo: list[PlannedRun], jobs: dict[str, RunJob], parallel: int,
                     gpu_ids: list[int]) -> dict[str, str]:
         folder = self.dir / ".local" / self.launch_id
         folder.mkdir(parents=True, exist_ok=True)
         plan = {"parallel": parallel, "gpu_ids": gpu_ids, "launch_id": self.launch_id,
                 "cwd": os.getcwd(),
-                "runs": [{"run_id": r.run_id, "run_dir": str((self.dir / r.run_id).resolve()),
-                          "gpus": r.resources["gpus"], "threads": threads} for r in todo]}
+                "runs": [{"run_id": r.run_id, "run_dir": jobs[r.run_id].run_dir,
+                          "gpus": r.resources["gpus"], "threads": jobs[r.run_id].threads,
+                          "config_sha256": jobs[r.run_id].config_sha256} for r in todo]}
         (folder / "plan.json").write_text(json.dumps(plan, indent=1))
         with open(folder / "pool.log", "a") as log:
+            # Its own session: the runs outlive this launcher (wait=false) and a Ctrl-C in
+            # the terminal reaches only the launcher, which asks the pool to stop them at
+            # a step boundary. The runs share the pool's process group, so killing that
+            # group ends all of them.
             self.pool = subprocess.Popen(
                 [sys.executable, "-m", "experiments.local_pool", str(folder / "plan.json")],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         job_id = f"local:{socket.gethostname()}:{self.pool.pid}"
         return {r.run_id: job_id for r in todo}
 
-    def _submit_slurm(self, todo: list[PlannedRun], launcher: DictConfig) -> dict[str, str]:
+    def _submit_slurm(self, todo: list[PlannedRun], jobs: dict[str, RunJob],
+                      launcher: DictConfig) -> dict[str, str]:
         folder = self.dir / ".submitit" / self.launch_id
         groups: dict[tuple[Any, ...], list[PlannedRun]] = {}
         for r in todo:
@@ -355,7 +375,7 @@ class Launch:
         for group in groups.values():
             params = slurm_jobs.job_parameters(group[0].resources, launcher,
                                                f"{launcher.job_name}-{self.ablation}")
-            ids = slurm_jobs.submit_group(folder, [self.dir / r.run_id for r in group], params,
+            ids = slurm_jobs.submit_group(folder, [jobs[r.run_id] for r in group], params,
                                           launcher)
             job_ids.update({r.run_id: i for r, i in zip(group, ids, strict=True)})
             self.say(f"slurm: submitted {len(group)} run(s) as "
@@ -365,19 +385,23 @@ class Launch:
         return job_ids
 
     def _run_in_process(self, todo: list[PlannedRun]) -> None:
-        from experiments.job import RunJob
-
         for r in todo:
             self.say(f"debug: running {r.run_id} in this process")
-            RunJob(self.dir / r.run_id)()
+            try:
+                self.debug_jobs[r.run_id]()
+            except Exception as err:  # recorded in its run folder; go on with the next
+                self.say(f"debug: {r.run_id} failed: {err}")
 
     # -- waiting -----------------------------------------------------------------------------
     def _wait(self, runs: list[PlannedRun], launcher: DictConfig) -> None:
+        """The live table until every run has ended. Ctrl-C or SIGTERM: local runs stop at
+        their next step boundary with a checkpoint (state preempted); SLURM jobs go on."""
         ids = [r.run_id for r in runs]
         live = sys.stdout.isatty()
         shown: dict[str, str] = {}
         drawn = 0
         poll = launcher.poll_s or (2.0 if launcher.kind == "local" else 15.0)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             while True:
                 ended = self._ended(runs, launcher)
@@ -398,15 +422,19 @@ class Launch:
                     return
                 time.sleep(poll)
         except KeyboardInterrupt:
+            again = "python experiments/launch.py " + " ".join(
+                shlex.quote(o) for o in self.overrides)
             if launcher.kind == "local":
-                self.pool.terminate()  # the pool asks each run to checkpoint and stop
+                self.pool.send_signal(signal.SIGTERM)  # each run checkpoints and stops
                 self.pool.wait()
-                self.say("interrupted: the running runs saved a checkpoint; launch again to "
-                         "resume them.")
+                self.say("interrupted: the running runs stopped at a step boundary with a "
+                         f"checkpoint (state preempted); resume them with: {again}")
             else:
                 self.say("stopped waiting; the jobs go on (python experiments/status.py "
                          f"ablation={self.ablation}).")
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def _ended(self, runs: list[PlannedRun], launcher: DictConfig) -> bool:
         if launcher.kind == "local":
@@ -426,11 +454,16 @@ class Launch:
         refused = any(d.action == "refuse" for d in decisions.values())
         if not self.cfg.wait:
             return 1 if refused else 0
-        unfinished = [r for r in rows if r.state not in ("done", "diverged")]
+        unfinished = [r for r in rows if r.state not in RESULTS]
         for r in unfinished:
             self.say(f"{r.run_id}: {r.state}" + (f" ({r.error})" if r.error else "")
                      + f"; its log is in {self.dir / r.run_id / 'logs'}")
         return 1 if refused or unfinished else 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM to a waiting launch means what Ctrl-C means."""
+    raise KeyboardInterrupt
 
 
 def launch(cfg: DictConfig, ablation: str, scale: str, overrides: list[str] | None = None,

@@ -6,9 +6,10 @@ The launcher writes PLAN.json and starts this as a detached process; its pid is 
 id" of every run it holds (`local:<host>:<pid>`), so a second launch sees queued and running
 runs as alive. Each run is its own process - `python -m experiments.job RUN_DIR`, or one
 process per GPU through torch.distributed.run for multi-GPU runs - with its threads
-(OMP_NUM_THREADS; config.yaml has train.threads) and its GPUs (CUDA_VISIBLE_DEVICES; empty
-for CPU runs). SIGTERM/SIGINT stop it: no new runs start, running ones get SIGTERM (train
-checkpoints and ends as preempted), and it exits when they have.
+(OMP_NUM_THREADS and --threads) and its GPUs (CUDA_VISIBLE_DEVICES; empty
+for CPU runs). The runs share the pool's process group. SIGTERM/SIGINT stop it: no new runs
+start, running ones get SIGTERM (train checkpoints at the next step boundary and ends as
+preempted), and it exits when they have.
 """
 
 from __future__ import annotations
@@ -53,21 +54,28 @@ class Pool:
         self.failed: list[str] = []
 
     def _command(self, run: dict[str, Any]) -> list[str]:
+        job = ["-m", "experiments.job", run["run_dir"]]
+        if run.get("config_sha256"):
+            job += ["--config-sha256", run["config_sha256"]]
+        if run.get("threads"):
+            job += ["--threads", str(run["threads"])]
         if run["gpus"] > 1:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={run['gpus']}", "-m", "experiments.job", run["run_dir"]]
-        return [sys.executable, "-m", "experiments.job", run["run_dir"]]
+                    f"--nproc_per_node={run['gpus']}", *job]
+        return [sys.executable, *job]
 
     def _start(self, run: dict[str, Any]) -> None:
         gpus = [self.free.pop(0) for _ in range(run["gpus"])]
         env = dict(os.environ)
-        env["OMP_NUM_THREADS"] = str(run["threads"])
+        if run.get("threads"):
+            env["OMP_NUM_THREADS"] = str(run["threads"])
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)  # "" = CPU only
         logs = Path(run["run_dir"]) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = open(logs / f"{self.launch_id}.log", "a")  # closed when the run is reaped
+        # In the pool's process group: whoever kills that group ends every run with it.
         process = subprocess.Popen(self._command(run), cwd=self.cwd, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT)
         self.active.append(_Active(run["run_id"], process, gpus, log))
 
     def _fits(self, run: dict[str, Any]) -> bool:
@@ -92,7 +100,7 @@ class Pool:
         self.stopping = True
         for job in self.active:
             try:
-                os.killpg(job.process.pid, signal.SIGTERM)
+                job.process.send_signal(signal.SIGTERM)  # torchrun forwards it to its workers
             except ProcessLookupError:
                 pass
 

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from experiments.rundir import MANIFEST, read_manifest
-from moco3.runlog import read_json
+from runfolder import layout
+from runfolder.atomic import read_json
+from runfolder.states import ENDED
 
 TAIL_BYTES = 65536  # the last kNN row is near the end of metrics.jsonl
 
@@ -28,7 +30,7 @@ class RunRow:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("done", "diverged", "failed")
+        return self.state in ENDED
 
 
 def last_knn(metrics: Path) -> float | None:
@@ -67,9 +69,9 @@ def run_ids(ablation_dir: Path) -> list[str]:
 
 def read_row(ablation_dir: Path, run_id: str, job_id: str | None = None) -> RunRow:
     run_dir = ablation_dir / run_id
-    status: dict[str, Any] = read_json(run_dir / "status.json") or {}
-    summary: dict[str, Any] = read_json(run_dir / "summary.json") or {}
-    knn = last_knn(run_dir / "metrics.jsonl")
+    status: dict[str, Any] = read_json(run_dir / layout.STATUS) or {}
+    summary: dict[str, Any] = read_json(run_dir / layout.SUMMARY) or {}
+    knn = last_knn(run_dir / layout.METRICS)
     return RunRow(
         run_id=run_id,
         state=status.get("state") or ("pending" if (run_dir / "config.yaml").exists()

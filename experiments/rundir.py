@@ -1,6 +1,7 @@
-"""The launcher's side of the run-folder contract (DESIGN.md): what each planned run needs,
-and the files the launcher writes before submitting - config.yaml, status.json (pending),
-manifest.jsonl - plus the lock that keeps two launches of one ablation from both submitting.
+"""The launcher's side of the run-folder contract (`runfolder`): what a launch does with each
+planned run, and the files the launcher - the only writer of config.yaml - writes before
+submitting: config.yaml, status.json (pending, with the config's sha256), manifest.jsonl;
+plus the lock that keeps two launches of one ablation from both submitting.
 
     <runs_root>/<ablation>/<run_id>/{config.yaml, status.json, metrics.jsonl, summary.json,
                                     checkpoints/, logs/}
@@ -11,6 +12,7 @@ manifest.jsonl - plus the lock that keeps two launches of one ablation from both
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -23,11 +25,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.grid import PlannedRun, sanitize
-from moco3.config import ConfigError, config_hash, load_run_config
-from moco3.runlog import read_json, write_json_atomic
+from moco3.config import changed_keys
+from moco3.gitstate import git_state
+from runfolder import layout
+from runfolder.atomic import read_json, read_json_list, write_json, write_text
+from runfolder.states import RESULTS
 
-FINISHED = ("done", "diverged")  # results: never run again, never overwritten
-MANIFEST = "manifest.jsonl"
+MANIFEST = layout.MANIFEST
 LOCK = ".launch.lock"
 
 
@@ -37,73 +41,123 @@ class LaunchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Decision:
-    """What a launch does with one planned run: "submit", "skip" or "refuse", and why."""
+    """What a launch does with one planned run: "submit", "skip" or "refuse", and why;
+    `rewrite`: its config.yaml is replaced (only ever for a run no job has worked on)."""
 
     action: str
     reason: str
+    rewrite: bool = False
 
 
 def ablation_dir(runs_root: str | Path, ablation: str) -> Path:
     return Path(runs_root) / sanitize(ablation)
 
 
-def stored_hash(run_dir: Path) -> str | None:
-    """config_hash of the config.yaml in `run_dir` (None when there is none)."""
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return None
-    try:
-        cfg = load_run_config(path)
-    except ConfigError:
-        return "unreadable"
-    return cfg.meta.config_hash or config_hash(cfg)
+def config_text(cfg: DictConfig) -> str:
+    """The config.yaml the launcher writes for `cfg`: resolved, deterministic."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def has_progress(run_dir: Path) -> bool:
     """True once a job has trained (checkpoint or metrics): its config is then fixed."""
-    ckpt = run_dir / "checkpoints"
-    metrics = run_dir / "metrics.jsonl"
+    ckpt = run_dir / layout.CHECKPOINTS
+    metrics = run_dir / layout.METRICS
     return (ckpt.is_dir() and any(ckpt.iterdir())) or (metrics.exists()
                                                        and metrics.stat().st_size > 0)
 
 
+def config_changes(run: PlannedRun, run_dir: Path) -> list[str] | None:
+    """How the run folder's config.yaml differs from what this launch composes
+    (`key: old -> new` each); None when there is no config.yaml, [] when it is identical."""
+    path = run_dir / layout.CONFIG
+    if not path.exists():
+        return None
+    try:
+        text = path.read_text()
+    except OSError as err:
+        return [f"config.yaml unreadable ({err.strerror})"]
+    planned = config_text(run.config)
+    if text == planned:
+        return []
+    try:
+        old = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+    except Exception:  # noqa: BLE001 - any YAML error: the file is not what we wrote
+        return ["config.yaml is not valid YAML any more"]
+    return changed_keys(old, OmegaConf.to_container(run.config, resolve=True)) or [
+        "config.yaml: formatting only"]
+
+
+def code_changed(run_dir: Path) -> str | None:
+    """Why the code may differ from the one a failed run last ran (a new commit, or
+    uncommitted changes here), or None when it is the same commit, clean."""
+    records = read_json_list(run_dir / layout.ENV)
+    ran = next((r.get("git_commit") for r in reversed(records) if r.get("git_commit")), None)
+    now = git_state(Path(__file__).resolve().parent)
+    if not now or not ran:
+        return None
+    if now["git_commit"] != ran:
+        return f"the code moved from commit {ran[:10]} to {now['git_commit'][:10]}"
+    if now["git_dirty"]:
+        return "the checkout has uncommitted changes"
+    return None
+
+
 def decide(run: PlannedRun, run_dir: Path, last_job: str | None,
-           alive: Callable[[str], bool]) -> Decision:
-    """Skip finished and active runs, refuse a changed config, submit the rest."""
-    status = read_json(run_dir / "status.json") or {}
+           alive: Callable[[str], bool], retry_failed: bool = False) -> Decision:
+    """Skip results and active runs; refuse a run whose config.yaml differs from this
+    launch's once a job has trained it (named key by key); resubmit a failed run only when
+    its config or code changed or with retry_failed; submit the rest."""
+    status = read_json(run_dir / layout.STATUS) or {}
     state = status.get("state")
-    old = stored_hash(run_dir)
-    if old is not None and old != run.config_hash:
-        if state in FINISHED or has_progress(run_dir):
+    changes = config_changes(run, run_dir)
+    if changes:
+        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more"
+                                          if len(changes) > 6 else "")
+        if state in (*RESULTS, "running", "preempted") or has_progress(run_dir):
             what = f"a {state} run" if state else "a started run"
             return Decision("refuse", (
-                f"{run.run_id}: its folder {run_dir} holds {what} of a different configuration "
-                f"(config hash {old}, now {run.config_hash}); it is kept as it is - launch into "
+                f"{run.run_id}: the config.yaml of {what} in {run_dir} differs from this "
+                f"launch's ({shown}); nothing was rewritten - restore it, launch into "
                 "another runs_root=, or delete that folder to rerun it."))
-    if state in FINISHED:
+        return Decision("submit", f"config rewritten, no job had trained it ({shown})",
+                        rewrite=True)
+    if state in RESULTS:
         return Decision("skip", state)
     if state in ("pending", "running") and last_job and alive(last_job):
         return Decision("skip", f"{state} in job {last_job}")
+    if state == "failed":
+        error = status.get("error") or "no error recorded"
+        why = "retry_failed=true" if retry_failed else code_changed(run_dir)
+        if why is None:
+            return Decision("skip", f"failed: {error}; fix the cause, then launch again "
+                                    "with retry_failed=true")
+        return Decision("submit", f"retry ({why}) of a run that failed: {error}")
     if state is None:
         return Decision("submit", "new")
     return Decision("submit", f"resume ({state} at step {status.get('step', 0)})")
 
 
-def write_config(run_dir: Path, cfg: DictConfig) -> None:
-    """config.yaml, atomically: the only input of the job."""
+def write_run(run_dir: Path, cfg: DictConfig, rewrite: bool = False) -> str:
+    """config.yaml (atomically; only when absent, or `rewrite` for a run no job has
+    started) and status.json `pending` with the file's sha256. Returns that sha256: the
+    job refuses a config.yaml that no longer has it."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "logs").mkdir(exist_ok=True)
-    tmp = run_dir / f".config.yaml.tmp{os.getpid()}"
-    OmegaConf.save(cfg, tmp, resolve=True)
-    os.replace(tmp, run_dir / "config.yaml")
-
-
-def mark_pending(run_dir: Path, total_steps: int | None = None) -> None:
-    """status.json says pending until the job starts; fields of earlier attempts are kept."""
+    (run_dir / layout.LOGS).mkdir(exist_ok=True)
+    text = config_text(cfg)
+    path = run_dir / layout.CONFIG
+    if rewrite or not path.exists():
+        write_text(path, text)
+    sha = text_sha256(path.read_text())
+    status = read_json(run_dir / layout.STATUS) or {"step": 0, "total_steps": None}
     # job_id, host and started are left to the job (moco3.runlog fills them when it starts).
-    status = read_json(run_dir / "status.json") or {"step": 0, "total_steps": total_steps}
-    status.update(state="pending", updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=None)
-    write_json_atomic(run_dir / "status.json", status)
+    status.update(state="pending", updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=None,
+                  config_sha256=sha)
+    write_json(run_dir / layout.STATUS, status)
+    return sha
 
 
 def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
@@ -123,16 +177,15 @@ def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
 
 def write_manifest(path: Path, rows: dict[str, dict[str, Any]]) -> None:
     """Rewrite the manifest atomically, one line per run."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(row, sort_keys=False) + "\n" for row in rows.values()))
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(row, sort_keys=False) + "\n" for row in rows.values()))
 
 
 def manifest_row(run: PlannedRun, ablation: str, previous: dict[str, Any] | None,
-                 launcher: str) -> dict[str, Any]:
+                 launcher: str, config_sha256: str | None = None) -> dict[str, Any]:
     return {
         "run_id": run.run_id, "ablation": ablation, "factors": run.factors, "seed": run.seed,
         "config_hash": run.config_hash,
+        "config_sha256": config_sha256 or (previous or {}).get("config_sha256"),
         "job_ids": list((previous or {}).get("job_ids", [])),
         "submitted": (previous or {}).get("submitted"),
         "launcher": launcher, "resources": run.resources,

@@ -93,6 +93,7 @@ class LaunchConfig(RunConfig):
     wait: bool = True  # return when every run has ended (False: right after submitting)
     seeds: list[int] | None = None  # replaces the ablation's seeds
     only: list[str] | None = None  # launch only the runs whose id contains one of these
+    retry_failed: bool = False  # resubmit failed runs even if neither config nor code changed
     run_name: str | None = None  # experiments/train.py: <runs_root>/train/<run_name>
 
 

@@ -105,7 +105,7 @@ def job_parameters(resources: dict[str, Any], launcher: DictConfig, name: str) -
     return params
 
 
-def submit_group(folder: Path, run_dirs: list[Path], params: dict[str, Any],
+def submit_group(folder: Path, run_jobs: list[RunJob], params: dict[str, Any],
                  launcher: DictConfig) -> list[str]:
     """Submit one job array (a plain job for one run); return the job ids in order."""
     executor = submitit.SlurmExecutor(folder=folder / "%j",
@@ -113,9 +113,9 @@ def submit_group(folder: Path, run_dirs: list[Path], params: dict[str, Any],
                                       python=launcher.python)
     executor.update_parameters(**params)
     with executor.batch():
-        jobs = [executor.submit(RunJob(run_dir)) for run_dir in run_dirs]
-    for run_dir, job in zip(run_dirs, jobs, strict=True):
-        _link_logs(run_dir, job)
+        jobs = [executor.submit(job) for job in run_jobs]
+    for run_job, job in zip(run_jobs, jobs, strict=True):
+        _link_logs(Path(run_job.run_dir), job)
     return [str(job.job_id) for job in jobs]
 
 

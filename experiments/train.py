@@ -6,9 +6,10 @@
 
 It composes the same config tree as launch.py (defaults: scale=tiny, the built-in synthetic
 data) and writes the run folder `<runs_root>/train/<run_name>` (default name: the time of
-the launch). Running it again with the same run_name resumes that run from its checkpoint;
-a different configuration for an existing run_name is refused. A progress bar shows the
-step, the loss, the last kNN accuracy and images/s.
+the launch) the way launch.py writes a study's, then runs the job in this process. Running
+it again with the same run_name resumes that run from its checkpoint; a finished run is
+left alone and a different configuration for an existing run_name is refused. A progress
+bar shows the step, the loss, the last kNN accuracy and images/s.
 """
 
 from __future__ import annotations
@@ -16,17 +17,29 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from experiments.grid import GridError, expand
+from experiments.rundir import (
+    MANIFEST,
+    LaunchError,
+    ablation_dir,
+    decide,
+    launch_lock,
+    manifest_row,
+    read_manifest,
+    write_manifest,
+    write_run,
+)
 from experiments.schema import register
-from moco3.config import ConfigError, config_hash, load_run_config
+from moco3.config import ConfigError
 
 register()
 
@@ -51,23 +64,33 @@ class Progress:
         self.bar.set_postfix(shown, refresh=True)
 
 
-def run_single(cfg: DictConfig, scale: str) -> int:
+def prepare(cfg: DictConfig, scale: str) -> tuple[Path, str]:
+    """Plan the run and write its folder as launch.py writes a study's (runs_root/train/
+    <run_name>): config.yaml, pending status, manifest. Returns the folder and the config's
+    sha256. A finished run, or one whose config.yaml differs, raises LaunchError."""
     name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S")
     (planned,) = expand(cfg, "train", scale)[:1]
-    run_cfg = planned.config
-    run_cfg.meta.run_id = name
-    run_dir = Path(cfg.runs_root) / "train" / name
-    config_path = run_dir / "config.yaml"
-    if config_path.exists():
-        if config_hash(load_run_config(config_path)) != planned.config_hash:
-            raise ConfigError(f"{run_dir} holds a run of another configuration; pick a new "
-                              "run_name or repeat that run's overrides to resume it.")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(run_cfg, config_path)
+    planned.config.meta.run_id = name
+    run = replace(planned, run_id=name)
+    directory = ablation_dir(cfg.runs_root, "train")
+    run_dir = directory / name
+    with launch_lock(directory, "train"):
+        decision = decide(run, run_dir, None, lambda job: False, bool(cfg.retry_failed))
+        if decision.action != "submit":
+            raise LaunchError(decision.reason if decision.action == "refuse" else
+                              f"{run_dir} is {decision.reason}; nothing to do (pick a new "
+                              "run_name to train another).")
+        sha = write_run(run_dir, run.config, rewrite=decision.rewrite)
+        manifest = read_manifest(directory / MANIFEST)
+        manifest[name] = manifest_row(run, "train", manifest.get(name), "here", sha)
+        write_manifest(directory / MANIFEST, manifest)
+    return run_dir, sha
+
+
+def run_single(cfg: DictConfig, scale: str) -> int:
+    run_dir, sha = prepare(cfg, scale)
     print(f"run folder: {run_dir}")
-    from moco3.probe import probe  # torch loads only once the config is known to be good
-    from moco3.train import train
+    from moco3.job import error_sentence, run_job  # torch loads once the config is good
 
     progress: Progress | None = None
 
@@ -78,13 +101,19 @@ def run_single(cfg: DictConfig, scale: str) -> int:
             progress = Progress(int(status["total_steps"]))
         progress(row)
 
-    state = train(run_cfg, run_dir, on_row=on_row, log=tqdm.write)
-    if progress is not None:
-        progress.bar.close()
+    try:
+        state = run_job(run_dir, sha, on_row=on_row, log=tqdm.write)
+    except Exception as err:  # recorded in the run folder (status.json) by the job
+        print(f"train.py: error: {error_sentence(err)} (state failed; see {run_dir})",
+              file=sys.stderr)
+        return 1
+    finally:
+        if progress is not None:
+            progress.bar.close()
+    summary = json.loads((run_dir / "summary.json").read_text())
     print(f"pre-training: {state}")
-    if state == "done" and run_cfg.probe.enabled:
-        top1 = probe(run_cfg, run_dir, log=tqdm.write)
-        print(f"linear probe top-1: {top1:.1f} %")
+    if summary.get("linear_top1") is not None:
+        print(f"linear probe top-1: {summary['linear_top1']:.1f} %")
     print(f"metrics: {run_dir / 'metrics.jsonl'}; summary: {run_dir / 'summary.json'}")
     return 0 if state in ("done", "diverged") else 1
 
@@ -98,10 +127,14 @@ def main(cfg: DictConfig) -> None:
               file=sys.stderr)
         sys.exit(2)
     try:
-        sys.exit(run_single(cfg, choices["scale"]))
-    except (ConfigError, GridError) as err:
+        code = run_single(cfg, choices["scale"])
+    except (ConfigError, GridError, LaunchError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("train.py: interrupted; run the same command again to resume.", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

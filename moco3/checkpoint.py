@@ -7,17 +7,19 @@ Everything saved is tensors, dicts, lists and Python scalars, so it loads with
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.pt"
-PROBE_LAST = "probe_last.pt"
-_MILESTONE = "epoch_{epoch:04d}.pt"
+from runfolder import layout
+from runfolder.atomic import atomic_open
+
+CHECKPOINT_DIR = layout.CHECKPOINTS
+LAST = layout.LAST_CHECKPOINT
+PROBE_LAST = layout.PROBE_CHECKPOINT
+_MILESTONE = layout.MILESTONE_CHECKPOINT
 _MILESTONE_RE = re.compile(r"^epoch_(\d{4,})\.pt$")
 
 
@@ -40,15 +42,12 @@ def milestone_path(run_dir: Path, epoch: int) -> Path:
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Write to a temporary file in the same folder, fsync, then os.replace.
 
-    A crash mid-write leaves the previous checkpoint intact.
+    A crash mid-write leaves the previous checkpoint intact; a failed write (a full disk)
+    removes its temporary file and raises DiskFullError naming the path.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load(path: Path) -> dict[str, Any]:

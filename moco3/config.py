@@ -16,24 +16,27 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-VIT_ARCHS = (
-    "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge",
-    "vit_conv_small", "vit_conv_base",
-)
-ARCHS = (*VIT_ARCHS, "resnet50")
+from moco3.archs import ARCHS, PATCH_EMBEDS, POOLINGS, POS_EMBEDS, inapplicable_switches
+
+# Every choice list of a run lives here, once; the modules that implement them import it.
+MECHANISMS = ("in_batch", "queue", "memory_bank", "end_to_end")
+MOMENTUM_SCHEDULES = ("cosine", "constant")
+DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "stl10", "imagefolder", "imagenet100")
+OPTIMIZERS = ("adamw", "lars", "lamb")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
 CHOICES: dict[str, tuple[Any, ...]] = {
     "model.arch": ARCHS,
-    "model.patch_embed": ("learned", "frozen", "conv_stem"),
-    "model.pos_embed": ("sincos", "learned", "none"),
-    "model.pooling": ("cls", "mean"),
-    "moco.negatives": ("in_batch", "queue", "memory_bank", "end_to_end"),
-    "moco.momentum_schedule": ("cosine", "constant"),
-    "data.name": ("synthetic", "digits", "cifar10", "cifar100", "stl10", "imagefolder",
-                  "imagenet100"),
-    "optim.name": ("adamw", "lars", "lamb"),
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "probe.precision": ("auto", "fp32", "bf16", "fp16"),
-    "train.device": ("auto", "cpu", "cuda"),
+    "model.patch_embed": PATCH_EMBEDS,
+    "model.pos_embed": POS_EMBEDS,
+    "model.pooling": POOLINGS,
+    "moco.negatives": MECHANISMS,
+    "moco.momentum_schedule": MOMENTUM_SCHEDULES,
+    "data.name": DATASETS,
+    "optim.name": OPTIMIZERS,
+    "train.precision": PRECISIONS,
+    "probe.precision": PRECISIONS,
+    "train.device": DEVICES,
 }
 
 
@@ -196,9 +199,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"moco.m0={cfg.moco.m0} must lie in [0, 1].")
     if cfg.moco.tau <= 0:
         raise ConfigError(f"moco.tau={cfg.moco.tau} must be positive.")
-    if cfg.model.arch.startswith("vit_conv") and cfg.model.patch_embed != "conv_stem":
+    bad = inapplicable_switches(cfg.model)
+    if bad:
         raise ConfigError(
-            f"model.arch={cfg.model.arch} has a conv stem; set model.patch_embed=conv_stem."
+            f"{', '.join(bad)} cannot apply to model.arch={cfg.model.arch}"
+            + ("; ViT switches keep their defaults with a ResNet-50 (choose a ViT arch to "
+               "vary them)." if cfg.model.arch == "resnet50" else
+               " (a conv-stem arch); set model.patch_embed=conv_stem.")
         )
 
 
@@ -224,6 +231,21 @@ def load_run_config(path: str | Path) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"no run configuration at {path}; the launcher writes it first.")
     return to_run_config(OmegaConf.load(path))
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs (dicts / DictConfigs),
+    as `key: old -> new`."""
+    if isinstance(old, DictConfig):
+        old = OmegaConf.to_container(old, resolve=True)
+    if isinstance(new, DictConfig):
+        new = OmegaConf.to_container(new, resolve=True)
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from moco3.config import DATASETS
 from moco3.synthetic import SHAPES, generate_shapes
 
-DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "stl10", "imagefolder", "imagenet100")
 SPLITS = ("train", "val")
 IMAGENET100_CLASSES_FILE = Path(__file__).with_name("imagenet100.txt")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")

@@ -13,12 +13,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from moco3.archs import ARCHS, VIT_ARCHS
 from moco3.heads import build_mlp
 from moco3.momentum import ema_update
 from moco3.resnet import build_resnet50
-from moco3.vit import VIT_ARCHS, VIT_OVERRIDES, build_vit
-
-ARCHS = (*VIT_ARCHS, "resnet50")
+from moco3.vit import build_vit
 
 
 class Encoder(nn.Module):
@@ -138,12 +137,11 @@ def build_model(
     **vit_overrides: Any,
 ) -> MoCo:
     """MoCo with the official heads for the arch: ViT projector 3 layers, predictor with
-    last BN; ResNet-50 projector 2 layers, predictor without last BN. ViT overrides (see
-    `build_vit`) are ignored for resnet50, since a run config carries them for every arch."""
+    last BN; ResNet-50 projector 2 layers, predictor without last BN. ViT overrides: see
+    `build_vit`; a ResNet-50 takes none."""
     if arch == "resnet50":
-        unknown = set(vit_overrides) - VIT_OVERRIDES
-        if unknown:
-            raise ValueError(f"unknown model option(s) {sorted(unknown)}")
+        if vit_overrides:
+            raise ValueError(f"resnet50 takes no ViT options, got {sorted(vit_overrides)}")
         backbone: nn.Module = build_resnet50()
         proj_layers, pred_last_bn = 2, False
     elif arch in VIT_ARCHS:

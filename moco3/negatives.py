@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moco3.config import MECHANISMS
 from moco3.dist import concat_all_gather, gather_with_grad, get_rank
 from moco3.loss import infonce, infonce_with_negatives
-
-MECHANISMS = ("in_batch", "queue", "memory_bank", "end_to_end")
 
 
 class Negatives(nn.Module, ABC):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-OPTIMIZERS = ("adamw", "lars", "lamb")
+from moco3.config import OPTIMIZERS
 
 
 def _trust_ratio(numerator: torch.Tensor, denominator: torch.Tensor,

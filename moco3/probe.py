@@ -23,9 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from moco3 import checkpoint as ckpt
-from moco3.augment import EvalTransform, ProbeTrainTransform
+from moco3.augment import ProbeTrainTransform
 from moco3.config import ConfigError, config_hash, to_run_config
-from moco3.data import IndexedTransformDataset, eval_crop_fraction
+from moco3.data import IndexedTransformDataset
 from moco3.dist import get_rank, get_world_size
 from moco3.precision import autocast_dtype, resolve_precision
 from moco3.preemption import PreemptionFlag
@@ -33,6 +33,7 @@ from moco3.runlog import RunLog
 from moco3.train import (
     build_moco,
     build_split,
+    eval_transform,
     pick_device,
     use_fused_attention,
 )
@@ -64,8 +65,6 @@ class Prober:
         self.rank, self.world = get_rank(), get_world_size()
         self.is_main = self.rank == 0
         self.runlog = RunLog(self.run_dir, self.is_main)
-        if cfg.train.threads:
-            torch.set_num_threads(int(cfg.train.threads))
         self.device = pick_device(cfg.train.device)
         self.amp_dtype = autocast_dtype(resolve_precision(cfg.probe.precision, self.device))
         self.model = build_moco(cfg, global_bn=False).to(self.device)
@@ -76,14 +75,17 @@ class Prober:
         state = ckpt.load(found)
         if state["config_hash"] != config_hash(cfg):
             raise ConfigError(f"{found} was trained with a different configuration.")
+        # The threads the run trained with (features bit-identical across a resume).
+        torch.set_num_threads(int(state.get("threads") or cfg.train.threads
+                                  or torch.get_num_threads()))
         self.model.load_state_dict(state["model"])
         self.pretrain_step = int(state["step"])
         self.images_seen = self.pretrain_step * cfg.train.batch_size
         self.model.eval().requires_grad_(False)  # frozen backbone, eval mode (official)
-        m, d = cfg.model, cfg.data
+        m = cfg.model
         train_set, val_set = build_split(cfg, "train"), build_split(cfg, "val")
         self.num_classes = train_set.num_classes
-        eval_tf = EvalTransform(m.img_size, eval_crop_fraction(d.name, d.eval_crop))
+        eval_tf = eval_transform(cfg)
         train_tf = ProbeTrainTransform(m.img_size) if cfg.probe.augment else eval_tf
         self.train_images = IndexedTransformDataset(train_set, train_tf)
         self.val_images = IndexedTransformDataset(val_set, eval_tf)
@@ -137,11 +139,13 @@ class Prober:
                               "pretrain_step": self.pretrain_step}, self._path())
 
     def resume(self) -> None:
-        if not self._path().exists():
+        """Continue from probe_last.pt; metrics.jsonl keeps the probe rows of its epochs
+        only (the epochs after it are run, and logged, again)."""
+        state = ckpt.load(self._path()) if self._path().exists() else None
+        if state is None or state["pretrain_step"] != self.pretrain_step:
+            self.runlog.rewind_probe(0)  # none, or a probe of an older backbone: start over
             return
-        state = ckpt.load(self._path())
-        if state["pretrain_step"] != self.pretrain_step:
-            return  # a probe of an older backbone: start over
+        self.runlog.rewind_probe(int(state["epoch"]))
         self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])

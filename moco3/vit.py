@@ -18,9 +18,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-PATCH_EMBEDS = ("learned", "frozen", "conv_stem")
-POS_EMBEDS = ("sincos", "learned", "none")
-POOLINGS = ("cls", "mean")
+from moco3.archs import PATCH_EMBEDS, POOLINGS, POS_EMBEDS, VIT_ARCHS, applies
 
 
 def sincos_pos_embed_2d(
@@ -228,18 +226,6 @@ class VisionTransformer(nn.Module):
         return {k: v for k, v in groups.items() if v}
 
 
-VIT_ARCHS: dict[str, dict[str, Any]] = {
-    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    # The official ViT-S uses 12 heads (timm's has 6); same parameter count.
-    "vit_small": dict(embed_dim=384, depth=12, num_heads=12),
-    "vit_base": dict(embed_dim=768, depth=12, num_heads=12),
-    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16),
-    "vit_huge": dict(embed_dim=1280, depth=32, num_heads=16, patch_size=14),
-    # The conv stem replaces roughly one block's compute, hence 11 blocks.
-    "vit_conv_small": dict(embed_dim=384, depth=11, num_heads=12, patch_embed="conv_stem"),
-    "vit_conv_base": dict(embed_dim=768, depth=11, num_heads=12, patch_embed="conv_stem"),
-}
-
 VIT_OVERRIDES = frozenset({
     "img_size", "patch_size", "in_chans", "depth", "embed_dim", "num_heads", "mlp_ratio",
     "patch_embed", "pos_embed", "pooling", "final_norm", "drop_path_rate",
@@ -248,10 +234,7 @@ VIT_OVERRIDES = frozenset({
 
 def build_vit(arch: str, **overrides: Any) -> VisionTransformer:
     """Build a named variant; overrides (None values ignored) replace its defaults.
-
-    Conv-stem variants always use patch_embed="conv_stem" whatever the override says (the
-    run config carries a patch_embed value for every arch).
-    """
+    A conv-stem variant refuses another patch embedding (moco3.archs: one rule)."""
     if arch not in VIT_ARCHS:
         raise ValueError(f"unknown ViT arch {arch!r}; valid: {', '.join(VIT_ARCHS)}")
     unknown = set(overrides) - VIT_OVERRIDES
@@ -260,6 +243,7 @@ def build_vit(arch: str, **overrides: Any) -> VisionTransformer:
             f"unknown ViT override(s) {sorted(unknown)}; valid: {', '.join(sorted(VIT_OVERRIDES))}"
         )
     kwargs = {**VIT_ARCHS[arch], **{k: v for k, v in overrides.items() if v is not None}}
-    if VIT_ARCHS[arch].get("patch_embed") == "conv_stem":
-        kwargs["patch_embed"] = "conv_stem"
+    if not applies(arch, "patch_embed") and kwargs["patch_embed"] != "conv_stem":
+        raise ValueError(f"{arch} has a conv stem; patch_embed={kwargs['patch_embed']!r} "
+                         "cannot apply to it")
     return VisionTransformer(**kwargs)

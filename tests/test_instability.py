@@ -6,7 +6,6 @@ import math
 import random
 
 import pytest
-
 from analysis.instability import dip_depth, find_dips, find_spikes, is_spike, max_dip
 
 

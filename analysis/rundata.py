@@ -2,12 +2,11 @@
 
 Everything here takes the path of one run folder and returns plain Python data plus a list
 of warning strings; nothing raises on bad content. Rules of the run-folder contract
-(DESIGN.md):
+(the ``runfolder`` package):
 
-* metrics.jsonl is append-only; a resumed run repeats steps, and readers keep the LAST row
-  for each key. The key is (kind, step), refined so that rows that legitimately share a step
-  stay distinct: probe rows also by ``probe_epoch``, event rows also by ``event`` and
-  ``group`` (two spikes in different layers at one step are two events).
+* metrics.jsonl holds every step's rows exactly once (``runfolder.rows``). Run folders
+  written before that rule may repeat steps after a resume: readers keep the LAST row for
+  each key (``runfolder.rows.dedup_key``) and say, per run, that they had to.
 * a truncated last line (a run being written, or killed mid-write) is skipped and reported;
   so is any other line that is not a JSON object with ``kind`` and ``step``.
 * train rows are by far the most numerous (one per logged step) and most reports only need
@@ -28,36 +27,27 @@ import pandas as pd
 import yaml
 
 from analysis.reference import normalize_label
-from analysis.summarize import from_eval_rows, spike_counts
+from analysis.summarize import first_layer_group, from_eval_rows
+from runfolder import layout
+from runfolder.rows import KEYS, decode_value, dedup_key
+from runfolder.states import STATES
 
-RUN_FILES = ("config.yaml", "status.json", "summary.json", "metrics.jsonl")
+RUN_FILES = (layout.CONFIG, layout.STATUS, layout.SUMMARY, layout.METRICS)
 
-COMMON_KEYS = {"kind", "step", "epoch", "images_seen"}
-KNOWN_KEYS: dict[str, set[str]] = {
-    "train": COMMON_KEYS
-    | {
-        "loss", "lr", "wd", "momentum", "tau", "grad_norm", "grad_norm_patch_embed",
-        "grad_norm_first_block", "grad_norm_last_block", "grad_norm_heads", "sec_per_step",
-        "img_per_sec", "peak_mem_mb",
-    },
-    "knn": COMMON_KEYS | {"knn_top1"},
-    "probe": COMMON_KEYS | {"probe_epoch", "probe_loss", "probe_top1", "lr"},
-    "event": COMMON_KEYS | {"event", "group", "value", "reference", "threshold"},
-}
+KNOWN_KEYS = KEYS
 STATUS_KEYS = {
     "state", "step", "total_steps", "job_id", "host", "started", "updated", "error", "phase",
+    "precision", "threads", "config_sha256",
 }
 SUMMARY_KEYS = {
     "state", "step", "knn_top1", "knn_top1_max", "linear_top1", "num_knn_dips", "max_knn_dip",
     "num_spikes_first", "num_spikes_last", "diverged_step", "final_loss", "train_seconds",
+    "knn_top1_pixels", "precision", "threads",
 }
 # Also written by moco3 (train.py's and probe.py's summaries); known, not in the runs table.
 SUMMARY_EXTRA_KEYS = {"total_steps", "spikes_by_group", "config_hash", "linear_top1_last"}
-# moco3.runlog writes non-finite floats as these strings (JSON has no NaN); read them back.
-_NON_FINITE_TEXT = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "NaN": math.nan,
-                    "Infinity": math.inf, "-Infinity": -math.inf}
+# moco3 writes non-finite floats as strings (runfolder.rows); Python's json writes NaN.
 _NON_FINITE_BYTES = (b'"nan"', b'"inf"', b'"-inf"', b"NaN", b"Infinity")
-STATES = ("pending", "running", "done", "failed", "diverged", "preempted")
 
 # A metrics line is a train row when it contains one of these (json.dumps spacing, or
 # compact). Inside a JSON string the quotes would be escaped, so this cannot match a value.
@@ -91,16 +81,6 @@ def read_json_file(path: Path, warnings: list[str]) -> dict | None:
         warnings.append(f"{path.name}: not a JSON object; ignored")
         return None
     return value
-
-
-def dedup_key(row: dict) -> tuple:
-    """Rows with the same key describe the same measurement; the last one wins."""
-    kind = row.get("kind")
-    if kind == "probe":
-        return (kind, row.get("step"), row.get("probe_epoch"))
-    if kind == "event":
-        return (kind, row.get("step"), row.get("event"), row.get("group"))
-    return (kind, row.get("step"))
 
 
 @dataclass
@@ -144,8 +124,7 @@ def _parse_row(line: bytes, number: int, bad: list[int]) -> dict | None:
         bad.append(number)
         return None
     for key, value in row.items():
-        if isinstance(value, str) and value in _NON_FINITE_TEXT and key != "kind":
-            row[key] = _NON_FINITE_TEXT[value]
+        row[key] = decode_value(key, value)
     return row
 
 
@@ -184,6 +163,7 @@ def scan_metrics(path: Path) -> MetricsScan:
 
     rows: dict[tuple, dict] = {}
     bad: list[int] = []
+    repeated = 0
     for number, line in other:
         row = _parse_row(line, number, bad)
         if row is None:
@@ -193,7 +173,9 @@ def scan_metrics(path: Path) -> MetricsScan:
             scan.train_needs_slow_parse = True
             last_train_line = line
             continue
-        rows[dedup_key(row)] = row
+        key = dedup_key(row)
+        repeated += key in rows
+        rows[key] = row
     if last_train_line is not None:
         scan.last_train = _parse_row(last_train_line, 0, [])
     if bad:
@@ -202,6 +184,9 @@ def scan_metrics(path: Path) -> MetricsScan:
             f"{path.name}: skipped {len(bad)} line(s) that are not JSON rows with kind and step "
             f"(line {shown})"
         )
+    if repeated:
+        scan.warnings.append(f"{path.name}: {repeated} repeated row(s) of an earlier writer's "
+                             "resume; kept the last of each")
     scan.eval_rows = sorted(rows.values(), key=_step_order)
     unknown_kinds = sorted({str(r["kind"]) for r in scan.eval_rows} - set(KNOWN_KEYS))
     if unknown_kinds:
@@ -257,7 +242,11 @@ def load_train_rows(path: Path, force_slow: bool = False) -> tuple[pd.DataFrame,
     for column in frame.columns:
         if frame[column].dtype == object and frame[column].isna().all():
             frame[column] = frame[column].astype("float64")  # never logged, e.g. frozen layer
+    before = len(frame)
     frame = frame.drop_duplicates(subset=["step"], keep="last").sort_values("step", kind="stable")
+    if len(frame) < before:
+        warnings.append(f"{path.name}: {before - len(frame)} repeated train row(s) of an earlier "
+                        "writer's resume; kept the last of each")
     return frame.reset_index(drop=True), warnings
 
 
@@ -440,17 +429,10 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
         num_metrics_rows=scan.num_train_rows + len(scan.eval_rows),
     )
 
-    derived = from_eval_rows(scan.eval_rows)
+    derived = from_eval_rows(scan.eval_rows, first_layer_group(config))
     derived["final_loss"] = (scan.last_train or {}).get("loss")
     values = {key: _get(summary, key) for key in SUMMARY_KEYS - {"state", "step"}}
     train = None
-    if summary is None or values.get("num_spikes_first") is None:
-        if scan.num_train_rows:
-            train, train_warnings = load_train_rows(
-                run_dir / "metrics.jsonl", force_slow=scan.train_needs_slow_parse
-            )
-            warnings.extend(w for w in train_warnings if w not in warnings)
-            derived.update(spike_counts(train))
     filled = []
     for key, value in values.items():
         if value is None and derived.get(key) is not None:
