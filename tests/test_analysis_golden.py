@@ -23,6 +23,7 @@ import yaml
 from analysis import tables
 from analysis.collect import collect
 from analysis.report import NothingToReport, build_report
+from runfolder.instability import find_spikes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,8 @@ def write_run(
     meta = {"ablation": ablation, "run_id": run_id, "factors": meta_factors or factors,
             "seed": seed,
             "scale": "tiny", "config_hash": f"h{seed}"}
-    config = {"meta": meta, "train": {"epochs": 2}}
+    config = {"meta": meta, "train": {"epochs": 2},
+              "model": {"arch": "vit_tiny", "patch_embed": "frozen"}}
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     rows: list[dict] = []
     steps = max(len(knn), len(first or []))
@@ -68,6 +70,11 @@ def write_run(
         if i < len(knn):
             rows.append({"kind": "knn", "step": i, "epoch": i / 2, "images_seen": 8 * i,
                          "knn_top1": knn[i]})
+    # The job checks every step and writes an event per spike (here every step is logged).
+    for group, series in (("first_block", first), ("last_block", last)):
+        for i in find_spikes(series or []):
+            rows.append({"kind": "event", "step": i, "epoch": i / 2, "images_seen": 8 * i,
+                         "event": "grad_spike", "group": group, "value": _clean(series[i])})
     for e, top1 in enumerate(probe, start=1):
         rows.append({"kind": "probe", "step": e, "epoch": e, "images_seen": 8 * (steps - 1),
                      "probe_epoch": e, "probe_loss": 1.0, "probe_top1": top1, "lr": 0.1})

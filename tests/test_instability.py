@@ -1,4 +1,5 @@
-"""analysis/instability.py: spikes and dips on constructed series (the one definition)."""
+"""runfolder/instability.py: the one spike rule and the one dip rule, on constructed series,
+and the job (moco3.monitor, every step) and the report (analysis) agreeing on them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import math
 import random
 
 import pytest
-from analysis.instability import dip_depth, find_dips, find_spikes, is_spike, max_dip
+
+from runfolder.instability import DipTracker, SpikeDetector, find_dips, find_spikes, max_dip
+
+
+def is_spike(history: list[float], value: float, factor: float = 4.0, window: int = 20,
+             min_history: int = 5) -> bool:
+    detector = SpikeDetector(factor, window, min_history)
+    for h in history:
+        detector.check(h)
+    return detector.check(value) is not None
 
 
 def test_spike_is_strictly_above_factor_times_median():
@@ -31,31 +41,19 @@ def test_spike_median_uses_last_window_finite_values():
     assert is_spike([1.0] * 5 + [math.inf, math.nan], 5.0)
 
 
+def test_a_spike_reports_the_median_and_the_threshold_it_was_held_to():
+    detector = SpikeDetector(factor=4.0, window=4, min_history=2)
+    for value in (1.0, 2.0, 3.0, 10.0):  # even window: the median is the mean of the middle
+        detector.check(value)
+    spike = detector.check(11.0)
+    assert spike is not None and spike.reference == 2.5 and spike.threshold == 10.0
+
+
 def test_find_spikes_marks_isolated_spikes_and_keeps_them_in_history():
     series = [1.0, 1.1, 0.9, 1.0, 1.05, 1.0, 9.0, 1.0, 8.0, 1.0, math.inf, 1.0]
     assert find_spikes(series) == [6, 8, 10]
     assert find_spikes(series, factor=10.0) == [10]
     assert find_spikes([None, 1.0, None, 1.0, 1.0, 1.0, 1.0, 50.0]) == [7]
-
-
-def test_find_spikes_agrees_with_is_spike_everywhere():
-    rng = random.Random(0)
-    series: list[float | None] = []
-    for _ in range(600):
-        u = rng.random()
-        series.append(math.inf if u < 0.01 else math.nan if u < 0.02 else
-                      rng.lognormvariate(0, 0.3) * (8 if u > 0.97 else 1))
-    for window, min_history in ((20, 5), (7, 3), (4, 4)):
-        expected = [i for i, v in enumerate(series)
-                    if is_spike(series[:i], v, 4.0, window, min_history)]
-        assert find_spikes(series, 4.0, window, min_history) == expected
-        assert expected  # the series does have spikes
-
-
-def test_dip_depth_is_never_negative():
-    assert dip_depth(30.0, 25.0) == 5.0
-    assert dip_depth(30.0, 35.0) == 0.0
-    assert dip_depth(30.0, math.nan) == 0.0
 
 
 def test_find_dips_start_depth_and_recovery():
@@ -81,9 +79,61 @@ def test_dips_depend_on_threshold(points, expected):
     assert len(find_dips([50, 48, 50, 40, 50], points)) == expected
 
 
-def test_module_is_pure_stdlib():
-    import analysis.instability as module
+def test_detectors_survive_a_checkpoint():
+    rng = random.Random(1)
+    series = [rng.lognormvariate(0, 0.5) * (6 if rng.random() > 0.95 else 1) for _ in range(300)]
+    whole = find_spikes(series, 4.0, 20, 5)
+    first = SpikeDetector(4.0, 20, 5)
+    hits = [i for i, v in enumerate(series[:137]) if first.check(v)]
+    resumed = SpikeDetector(4.0, 20, 5)
+    resumed.load_state_dict(first.state_dict())
+    hits += [137 + i for i, v in enumerate(series[137:]) if resumed.check(v)]
+    assert hits == whole and whole
+    tracker = DipTracker(3.0)
+    for v in [10, 30, 20]:
+        tracker.update(v)
+    again = DipTracker(3.0)
+    again.load_state_dict(tracker.state_dict())
+    assert again.update(19) is None and again.depths == [11.0]
 
-    source = open(module.__file__).read()
-    for name in ("numpy", "torch", "pandas", "moco3"):
-        assert f"import {name}" not in source
+
+def test_the_job_and_the_report_find_the_same_events():
+    """The same series fed to the training job's monitor (one step at a time) and to the
+    analysis functions give the same spikes, thresholds and dips."""
+    from analysis.summarize import from_eval_rows
+    from moco3.monitor import InstabilityMonitor
+
+    rng = random.Random(0)
+    norms = [math.inf if rng.random() < 0.01 else
+             rng.lognormvariate(0, 0.3) * (8 if rng.random() > 0.97 else 1) for _ in range(600)]
+    knn = [min(90.0, 10 + i * 0.8 + rng.uniform(-4, 4)) for i in range(60)]
+    monitor = InstabilityMonitor(4.0, 20, dip_points=3.0)
+    events = []
+    for step, value in enumerate(norms):
+        events += [{"step": step, **e} for e in monitor.grad_norms({"patch_embed": value})]
+    for step, value in enumerate(knn):
+        events += [{"step": step, **e} for e in monitor.knn(value)]
+    spikes = [e["step"] for e in events if e["event"] == "grad_spike"]
+    assert spikes == find_spikes(norms) and len(spikes) > 5
+    for e in events:
+        if e["event"] == "grad_spike" and math.isfinite(e["value"]):
+            assert e["value"] > e["threshold"] == 4.0 * e["reference"]
+    dips = [e["step"] for e in events if e["event"] == "knn_dip"]
+    assert dips == [start for start, _ in find_dips(knn)] and dips
+    assert monitor.dips.max_drop == max_dip(knn)
+    # The report counts the job's events.
+    rows = [{"kind": "event", "event": "grad_spike", "group": "patch_embed", "step": s}
+            for s in spikes] + [{"kind": "knn", "step": i, "knn_top1": v}
+                                for i, v in enumerate(knn)]
+    derived = from_eval_rows(rows, "patch_embed")
+    assert derived["num_spikes_first"] == monitor.spikes["patch_embed"] == len(spikes)
+    assert derived["num_knn_dips"] == monitor.dips.num_dips == len(dips)
+
+
+def test_the_contract_package_is_pure_stdlib():
+    import runfolder
+
+    for name in ("numpy", "torch", "pandas", "moco3", "experiments", "analysis"):
+        for module in ("instability", "rows", "states", "layout", "atomic"):
+            source = open(f"{runfolder.__path__[0]}/{module}.py").read()
+            assert f"import {name}" not in source and f"from {name}" not in source
