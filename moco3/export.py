@@ -88,7 +88,7 @@ def _epochs_done(state: dict[str, Any]) -> int | None:
         return 0
     if not row.get("epoch"):
         return None
-    steps_per_epoch = round(row["step"] / row["epoch"])
+    steps_per_epoch = max(1, round(row["step"] / row["epoch"]))
     return step // steps_per_epoch
 
 
@@ -111,7 +111,7 @@ def check_features(reference: nn.Module, target: nn.Module, spec: layouts.Spec, 
     if not diff <= ATOL:
         raise ExportError(
             f"{what} computes features that differ from moco3's by {diff:.3g} (> {ATOL:g}) "
-            f"with timm {timm.__version__}, so nothing was written")
+            f"with timm {timm.__version__}, so nothing was written.")
     return diff
 
 
@@ -341,11 +341,12 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, forc
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="moco3-export", description=__doc__.split("\n\n")[0],
+        prog="moco3-export", description="\n\n".join(__doc__.split("\n\n")[:2]),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (config.yaml, "
                         "checkpoints/last.pt)")
-    parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+    parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt",
+                        help="the target (see above)")
     parser.add_argument("--out", default=None, help="the weights file to write (default: "
                         "RUN_DIR/export/{timm.safetensors,deit.pth,moco.pth.tar}); the JSON "
                         "sidecar goes beside it with the suffix .json")

@@ -101,12 +101,10 @@ def backbone_state(model_state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _with_zero_pos_embed(state: dict[str, Tensor], spec: ViTSpec, prefix: str = "") -> None:
-    """Give a ViT without position embedding the all-zero one of a class-token ViT.
-
-    Divergence: the official ViT (and DeiT's) always has a pos_embed of shape (1, 1+N, D) and
-    DeiT's --finetune reads it unconditionally; adding zeros is exactly "no position
-    embedding", so features are unchanged, but a fine-tuning run will train it from zero.
-    """
+    """Give a ViT without position embedding the all-zero one of a class-token ViT."""
+    # Divergence: the official ViT (and DeiT's) always has a pos_embed of shape (1, 1+N, D)
+    # and DeiT's --finetune reads it unconditionally; adding zeros is exactly "no position
+    # embedding", so features are unchanged, but a fine-tuning run will train it from zero.
     if f"{prefix}pos_embed" not in state:
         state[f"{prefix}pos_embed"] = torch.zeros(1, spec.num_patches + 1, spec.embed_dim)
 
