@@ -64,10 +64,10 @@ class Progress:
         self.bar.set_postfix(shown, refresh=True)
 
 
-def prepare(cfg: DictConfig, scale: str) -> tuple[Path, str]:
-    """Plan the run and write its folder as launch.py writes a study's (runs_root/train/
-    <run_name>): config.yaml, pending status, manifest. Returns the folder and the config's
-    sha256. A finished run, or one whose config.yaml differs, raises LaunchError."""
+def prepare(cfg: DictConfig, scale: str) -> tuple[Path, str | None]:
+    """Plan the run and decide as launch.py does for a study's run (runs_root/train/
+    <run_name>); write config.yaml, pending status and manifest if it is to run. Returns the
+    folder and the config's sha256, None for a finished run; LaunchError when refused."""
     name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S")
     (planned,) = expand(cfg, "train", scale)[:1]
     planned.config.meta.run_id = name
@@ -76,10 +76,10 @@ def prepare(cfg: DictConfig, scale: str) -> tuple[Path, str]:
     run_dir = directory / name
     with launch_lock(directory, "train"):
         decision = decide(run, run_dir, None, lambda job: False, bool(cfg.retry_failed))
-        if decision.action != "submit":
-            raise LaunchError(decision.reason if decision.action == "refuse" else
-                              f"{run_dir} is {decision.reason}; nothing to do (pick a new "
-                              "run_name to train another).")
+        if decision.action == "refuse" or decision.reason.startswith("failed"):
+            raise LaunchError(decision.reason)
+        if decision.action == "skip":
+            return run_dir, None
         sha = write_run(run_dir, run.config, rewrite=decision.rewrite)
         manifest = read_manifest(directory / MANIFEST)
         manifest[name] = manifest_row(run, "train", manifest.get(name), "here", sha)
@@ -90,6 +90,11 @@ def prepare(cfg: DictConfig, scale: str) -> tuple[Path, str]:
 def run_single(cfg: DictConfig, scale: str) -> int:
     run_dir, sha = prepare(cfg, scale)
     print(f"run folder: {run_dir}")
+    if sha is None:
+        state = json.loads((run_dir / "status.json").read_text())["state"]
+        print(f"{state} already: nothing to do (pick another run_name to train again).")
+        print(f"metrics: {run_dir / 'metrics.jsonl'}; summary: {run_dir / 'summary.json'}")
+        return 0
     from moco3.job import error_sentence, run_job  # torch loads once the config is good
 
     progress: Progress | None = None

@@ -82,9 +82,12 @@ def test_one_run_by_hand(tmp_path: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert status["state"] == "done" and summary["linear_top1"] is not None
     again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "pre-training: done" in again.stdout
+    assert again.returncode == 0 and "done already: nothing to do" in again.stdout
     other = subprocess.run([*args, "moco.tau=0.5"], cwd=tmp_path, capture_output=True,
                            text=True, timeout=600)
     assert other.returncode == 2
-    assert "holds a run of another configuration" in other.stderr
+    assert "moco.tau: 0.2 -> 0.5" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
+    # It went through the launcher's path: a manifest row with the config's sha256.
+    manifest = (tmp_path / "runs" / "train" / "manifest.jsonl").read_text()
+    assert '"run_id": "first"' in manifest and '"config_sha256": "' in manifest

@@ -53,7 +53,9 @@ def make_run(run_dir: Path, negatives: str = "in_batch", step: int = 12,
     """A run folder as training leaves it: config.yaml and checkpoints/last.pt, whose model
     has every tensor moved off its init (BN statistics, zero-init gammas, the momentum
     encoder apart from the base encoder), so that a wrong mapping cannot go unnoticed."""
-    cfg = to_run_config({"model": {**TINY, **model}, "moco": {"negatives": negatives},
+    base = TINY if model.get("arch", "vit_tiny") != "resnet50" else {
+        "img_size": 32, "mlp_dim": 16, "dim": 8}  # a ResNet-50 takes no ViT switches
+    cfg = to_run_config({"model": {**base, **model}, "moco": {"negatives": negatives},
                          "train": {"batch_size": 4}})
     torch.manual_seed(0)
     moco = build_moco(cfg, global_bn=False)

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 import moco3.probe
 import moco3.train
+from experiments import rundir
 from experiments.grid import expand
 from experiments.launch import CONF_DIR, hydra_argv, launch, resolve_launcher
 from experiments.local_pool import Pool
@@ -27,13 +28,14 @@ from experiments.rundir import (
     decide,
     launch_lock,
     read_manifest,
-    write_config,
     write_manifest,
+    write_run,
 )
 from experiments.schema import register
 from experiments.slurm_jobs import job_parameters
 from moco3.config import RunConfig, load_run_config
-from moco3.runlog import RunLog, read_json
+from moco3.runlog import RunLog
+from runfolder.atomic import read_json
 
 register()
 
@@ -74,7 +76,7 @@ class FakeJob:
         self.probed: list[str] = []
         self.outcome = "done"
 
-    def train(self, cfg, run_dir):
+    def train(self, cfg, run_dir, **job):
         log = RunLog(Path(run_dir))
         log.set_state("running", step=0, total_steps=3)
         for step in (1, 2, 3):
@@ -88,7 +90,7 @@ class FakeJob:
         log.set_state("running", step=3, phase="probe")
         return "done"
 
-    def probe(self, cfg, run_dir):
+    def probe(self, cfg, run_dir, **job):
         log = RunLog(Path(run_dir))
         log.write_summary({"linear_top1": 42.0})
         log.set_state("done", phase="done")
@@ -98,6 +100,7 @@ class FakeJob:
 
 @pytest.fixture
 def fake(monkeypatch):
+    monkeypatch.setattr(rundir, "code_changed", lambda run_dir: None)  # this checkout's state
     job = FakeJob()
     monkeypatch.setattr(moco3.train, "train", job.train)
     monkeypatch.setattr(moco3.probe, "probe", job.probe)
@@ -129,19 +132,28 @@ def test_debug_launch_writes_the_run_folders_then_runs_each_job(tmp_path, fake):
     assert cfg.model.predictor is False
 
 
-def test_a_relaunch_skips_done_runs_and_resubmits_failed_ones(tmp_path, fake, capsys):
+def test_a_relaunch_skips_done_runs_and_retries_failed_ones_only_when_asked(tmp_path, fake,
+                                                                           capsys, monkeypatch):
     assert _debug_launch(tmp_path, "head_bn") == 0
     root = tmp_path / "runs" / "head_bn"
     failed = root / "head_bn=false" / "seed=0"
     RunLog(failed).set_state("failed", step=2, error="RuntimeError: boom")
     fake.trained.clear()
-    assert _debug_launch(tmp_path, "head_bn") == 0
+    assert _debug_launch(tmp_path, "head_bn") == 1  # not finished: it failed
+    out = capsys.readouterr().out
+    assert fake.trained == [] and "failed: RuntimeError: boom; fix the cause" in out
+    assert _debug_launch(tmp_path, "head_bn", ("retry_failed=true",)) == 0
+    assert [t[0] for t in fake.trained] == ["head_bn=false/seed=0"]
+    fake.trained.clear()
+    RunLog(failed).set_state("failed", step=2, error="RuntimeError: boom")
+    monkeypatch.setattr(rundir, "code_changed", lambda run_dir: "the code moved")
+    assert _debug_launch(tmp_path, "head_bn") == 0  # new code: worth another try
     assert [t[0] for t in fake.trained] == ["head_bn=false/seed=0"]
     fake.trained.clear()
     assert _debug_launch(tmp_path, "head_bn") == 0
     assert fake.trained == []
     assert "nothing to submit" in capsys.readouterr().out
-    assert len(read_manifest(root / "manifest.jsonl")["head_bn=false/seed=0"]["job_ids"]) == 2
+    assert len(read_manifest(root / "manifest.jsonl")["head_bn=false/seed=0"]["job_ids"]) == 3
 
 
 def test_a_changed_config_is_refused_for_finished_runs(tmp_path, fake, capsys):
@@ -151,11 +163,13 @@ def test_a_changed_config_is_refused_for_finished_runs(tmp_path, fake, capsys):
     fake.trained.clear()
     assert _debug_launch(tmp_path, "predictor", ("moco.tau=0.3",)) == 1
     out = capsys.readouterr().out
-    assert "refused: predictor=true/seed=0: its folder" in out
-    assert "holds a done run of a different configuration" in out
+    assert "refused: predictor=true/seed=0: the config.yaml of a done run" in out
+    assert "moco.tau: 0.3 -> 0.2" not in out and "moco.tau: 0.2 -> 0.3" in out
     assert fake.trained == [] and config.read_text() == before
-    # Cadence keys (logging, checkpoints, threads) may change: same hash, nothing refused.
-    assert _debug_launch(tmp_path, "predictor", ("train.log_every=7",)) == 0
+    # Nothing is rewritten silently, not even a logging cadence.
+    assert _debug_launch(tmp_path, "predictor", ("train.log_every=7",)) == 1
+    assert "train.log_every: 5 -> 7" in capsys.readouterr().out
+    assert config.read_text() == before
 
 
 def test_a_preempted_run_is_resumed_and_a_diverged_one_is_a_result(tmp_path, fake):
@@ -176,31 +190,36 @@ def _planned(ablation: str = "predictor", extra: tuple[str, ...] = ()):
     return expand(_compose([f"ablation={ablation}", *extra]), ablation, "tiny")
 
 
-def test_decide_covers_every_state(tmp_path):
+def test_decide_covers_every_state(tmp_path, monkeypatch):
+    monkeypatch.setattr(rundir, "code_changed", lambda run_dir: None)
     run = _planned()[0]
     folder = tmp_path / "r"
     never = lambda job: False  # noqa: E731
     always = lambda job: True  # noqa: E731
     assert decide(run, folder, None, never).reason == "new"
-    write_config(folder, run.config)
+    write_run(folder, run.config)
     log = RunLog(folder)
     for state in ("pending", "running"):
         log.set_state(state, step=5)
         assert decide(run, folder, "12_3", always).action == "skip"
         assert decide(run, folder, "12_3", never).action == "submit"
-    for state in ("failed", "preempted"):
-        log.set_state(state, step=5)
-        assert decide(run, folder, "12_3", never).reason == f"resume ({state} at step 5)"
+    log.set_state("preempted", step=5)
+    assert decide(run, folder, "12_3", never).reason == "resume (preempted at step 5)"
+    log.set_state("failed", step=5, error="ValueError: x")
+    assert decide(run, folder, "12_3", never).action == "skip"
+    assert decide(run, folder, "12_3", never, retry_failed=True).action == "submit"
     for state in ("done", "diverged"):
         log.set_state(state)
         assert decide(run, folder, None, never).action == "skip"
     other = _planned(extra=("moco.tau=0.5",))[0]
-    assert decide(other, folder, None, never).action == "refuse"
+    refused = decide(other, folder, None, never)
+    assert refused.action == "refuse" and "moco.tau: 0.2 -> 0.5" in refused.reason
     log.set_state("failed")
     (folder / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
-    assert decide(other, folder, None, never).action == "refuse"  # started: config fixed
+    assert decide(other, folder, None, never).action == "refuse"  # trained: config fixed
     (folder / "metrics.jsonl").unlink()
-    assert decide(other, folder, None, never).action == "submit"  # never trained
+    never_trained = decide(other, folder, None, never)  # failed in set-up: may be rewritten
+    assert never_trained.action == "submit" and never_trained.rewrite
 
 
 def test_the_lock_refuses_a_second_launch(tmp_path):
@@ -340,7 +359,7 @@ def test_a_users_study_in_its_own_directory_runs_with_no_code_change(tmp_path):
         summary = read_json(run / "summary.json")
         assert summary["linear_top1"] is not None and summary["knn_top1"] is not None
         assert load_run_config(run / "config.yaml").moco.tau == float(tau)
-        assert load_run_config(run / "config.yaml").train.threads == 1  # 2 cores, 2 runs
+        assert read_json(run / "status.json")["threads"] == 1  # 2 cores, 2 runs
     again = _cli(args, tmp_path)
     assert again.returncode == 0 and "nothing to submit" in again.stdout
     status = _cli(["ablation=temperature"], tmp_path, script=STATUS)
@@ -372,7 +391,7 @@ def test_wait_false_returns_at_once_and_a_relaunch_leaves_active_runs_alone(tmp_
 def test_status_marks_a_run_whose_job_is_gone_as_lost(tmp_path):
     root = tmp_path / "runs" / "x"
     run = root / "a=1" / "seed=0"
-    write_config(run, OmegaConf.structured(RunConfig))
+    write_run(run, OmegaConf.structured(RunConfig))
     RunLog(run).set_state("running", step=3, total_steps=10)
     write_manifest(root / "manifest.jsonl", {"a=1/seed=0": {
         "run_id": "a=1/seed=0", "job_ids": ["local:nohost:1"]}})

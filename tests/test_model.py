@@ -47,13 +47,15 @@ def test_vit_and_r50_heads_follow_the_official_builder() -> None:
     assert isinstance(vit.predictor[-1], nn.BatchNorm1d)
     assert vit.batch_views
     with torch.device("meta"):
-        r50 = build_model("resnet50", dim=256, mlp_dim=4096, patch_embed="frozen", img_size=224)
+        r50 = build_model("resnet50", dim=256, mlp_dim=4096)
     linears = [m for m in r50.base_encoder.projector if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(2048, 4096), (4096, 256)]
     assert isinstance(r50.predictor[-1], nn.Linear)  # no last BN in the R50 predictor
     assert not r50.batch_views
     with pytest.raises(ValueError, match="resnet50"):
         build_model("alexnet")
+    with pytest.raises(ValueError, match="resnet50 takes no ViT options"):
+        build_model("resnet50", patch_embed="frozen")  # refused, never silently ignored
 
 
 def test_resnet50_backbone() -> None:

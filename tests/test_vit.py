@@ -44,8 +44,10 @@ def test_variant_table_matches_the_paper() -> None:
     assert VIT_ARCHS["vit_huge"] == dict(embed_dim=1280, depth=32, num_heads=16, patch_size=14)
     assert VIT_ARCHS["vit_conv_base"]["depth"] == 11
     with torch.device("meta"):
-        conv = build_vit("vit_conv_small", patch_embed="frozen")
+        conv = build_vit("vit_conv_small")
         plain = build_vit("vit_small")
+        with pytest.raises(ValueError, match="has a conv stem"):
+            build_vit("vit_conv_small", patch_embed="frozen")  # refused, never overridden
     assert isinstance(conv.patch_embed, ConvStem) and len(conv.blocks) == 11
     assert len(plain.blocks) == 12 and plain.blocks[0].attn.num_heads == 12
 
