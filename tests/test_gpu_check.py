@@ -138,3 +138,24 @@ def test_comparison_catches_a_wrong_gradient() -> None:
     assert gpu_check.within(gpu_check.compare_traces(ref, close, groups), tol)
     c = gpu_check.compare_traces(ref, wrong, groups)
     assert not gpu_check.within(c, tol) and c["min_grad_cos_at"] == "step 1 all"
+
+
+def test_resume_reruns_itself_under_deterministic_algorithms(monkeypatch) -> None:
+    """The branch a GPU takes when its default kernels are not bitwise run-to-run: the
+    resume section runs again in a fresh process with deterministic algorithms."""
+    # In this process the runs "differ" (and are not really trained); the rerun in a
+    # fresh process is real.
+    monkeypatch.setattr(gpu_check, "run_train",
+                        lambda cfg, run_dir, stop_at_step=None: "preempted" if stop_at_step
+                        else "done")
+    monkeypatch.setattr(gpu_check, "checkpoint_tensors", lambda run_dir: {"x": torch.zeros(1)})
+    monkeypatch.setattr(gpu_check, "differing", lambda a, b: ["model.forced"])
+    ctx = gpu_check.Context(torch.device("cpu"), gpu_check.CPU_PROFILE, time.perf_counter() + 90,
+                            verbose=False)
+    report = gpu_check.Report("cpu-reduced", "cpu")
+    gpu_check.section_resume(ctx, report)
+    rows = {c.name: c for c in report.checks}
+    assert rows["run-to-run bitwise (default settings)"].measured.startswith("no")
+    row = rows[gpu_check.RESUME_CHECK]
+    assert row.status == "pass", row
+    assert "use_deterministic_algorithms" in row.note and "equal" in row.measured
