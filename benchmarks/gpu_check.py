@@ -379,8 +379,11 @@ def free_memory(device: torch.device) -> None:
     free blocks (so the next model's batch search sees the whole card)."""
     gc.collect()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
+        # A sticky CUDA error (an illegal access) resurfaces here; the check that caused it
+        # has recorded it, and the report must still be written.
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
 
 
 def is_oom(err: BaseException) -> bool:
@@ -717,7 +720,9 @@ def within(c: dict[str, Any], tol: Tolerance) -> bool:
 
 
 def cos_text(c: float) -> str:
-    """A cosine near 1 as '1 - 5.0e-12', others with 6 decimals."""
+    """A cosine near 1 as '1 - 5.0e-12' (exactly 1 as '1'), others with 6 decimals."""
+    if c == 1.0:
+        return "1"
     return f"1 - {1 - c:.1e}" if 0 <= 1 - c < 1e-4 else f"{c:.6f}"
 
 
@@ -1459,6 +1464,15 @@ def markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write(report: Report, out: Path) -> str:
+    """Write out/gpu_check.json and out/gpu_check.md; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(report.to_json(), indent=1, default=str))
+    table = markdown(report)
+    (out / "gpu_check.md").write_text(table)
+    return table
+
+
 def target_text(r: SpeedRow, peak: float | None) -> str:
     """The ViT-B targets beside a row, each with whether the row meets it (never asserted)."""
     def met(ok: bool | None) -> str:
@@ -1518,15 +1532,13 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(profile.name, str(device))
     if "environment" not in sections:
         sections.insert(0, "environment")  # every report says what it ran on
+    out = Path(args.out)
     for name in SECTIONS:
         if name in sections:
             run_section(name, ctx, report)
+            write(report, out)  # a run killed from outside still leaves what it found
     input_bound_verdict(ctx, report)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(report.to_json(), indent=1, default=str))
-    table = markdown(report)
-    (out / "gpu_check.md").write_text(table)
+    table = write(report, out)
     if not args.quiet:
         print(table, end="")
         print(f"wrote {out / 'gpu_check.json'} and {out / 'gpu_check.md'}")
