@@ -76,10 +76,10 @@ Python-loop EMA, unfused AdamW). Printed: images/s, ms/step, model FLOP utilisat
 of one step counted by FlopCounterMode, against the card's dense bf16 peak in
 PEAK_BF16_TFLOPS), peak memory, the ratio to the official-like step. Targets, printed
 beside the figures and never asserted: ViT-B/16 >= 40 % MFU and >= 4x the official-like
-fp32 eager step. (The issue also quotes about 2,200 img/s per H100/H200 for 40 % MFU; at
-the ~280 GFLOP that FlopCounterMode counts per image pair of a ViT-B/16 step, 40 % of 989
-TFLOP/s is ~1,400 img/s and 2,200 img/s would be ~62 %: the table prints the images/s that
-40 % means for the measured FLOPs.)
+fp32 eager step. (The issue also quotes about 2,200 img/s per H100/H200 for 40 % MFU; but
+FlopCounterMode counts 280 GFLOP per image pair of this ViT-B/16 step (73 for ViT-S/16;
+counted on CPU at batch 2), so 40 % of 989 TFLOP/s is ~1,400 img/s and 2,200 img/s would
+be ~62 %: the table prints the images/s that 40 % means for the FLOPs it counted.)
 
 Data: a few hundred random-content JPEGs of ImageNet-like sizes (about 500x375, smooth
 colour fields plus noise, so their file sizes are those of photos) in a temporary
