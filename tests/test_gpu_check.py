@@ -159,3 +159,15 @@ def test_resume_reruns_itself_under_deterministic_algorithms(monkeypatch) -> Non
     row = rows[gpu_check.RESUME_CHECK]
     assert row.status == "pass", row
     assert "use_deterministic_algorithms" in row.note and "equal" in row.measured
+
+
+def test_a_crashing_step_is_an_error_row_and_the_section_goes_on() -> None:
+    def build(batch: int):
+        raise ValueError(f"cannot build at {batch}")
+
+    ctx = gpu_check.Context(torch.device("cpu"), gpu_check.CPU_PROFILE, time.perf_counter() + 60,
+                            verbose=False)
+    report = gpu_check.Report("cpu-reduced", "cpu")
+    row = gpu_check.time_variant(ctx, report, "vit_small", "ours fp32 eager", build, 16, 2, True)
+    assert row.status == "error: ValueError" and row.img_per_s is None
+    assert [c.name for c in report.failed()] == ["vit_small ours fp32 eager"]
