@@ -1,0 +1,173 @@
+"""benchmarks/gpu_check.py: the reduced CPU version runs as a user runs it and passes, and
+the branches a CPU cannot reach by itself (out of memory, overrunning a budget) work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import gpu_check
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def reduced_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """`python benchmarks/gpu_check.py --device cpu` in a fresh process, from the repo root,
+    with the out-of-memory fallback forced above batch 8."""
+    out = tmp_path_factory.mktemp("gpu_check")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--out", str(out),
+         "--simulate-oom-above", "8"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+    return done, out
+
+
+def test_reduced_run_passes(reduced_run) -> None:
+    done, out = reduced_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    table = (out / "gpu_check.md").read_text()
+    assert report["profile"] == "cpu-reduced" and report["passed"]
+    assert "| section | check | status |" in table and table in done.stdout
+    for name, info in report["sections"].items():
+        assert info["status"] == "done", (name, info)  # nothing stopped by its budget
+    ran = [c for c in report["checks"] if not c["status"].startswith("skipped")]
+    assert all(c["status"] in ("pass", "info") for c in ran), ran
+    passed = {c["name"] for c in ran if c["status"] == "pass"}
+    assert {"fp32 step (CPU, fused attention) vs CPU fp32",
+            "gloo DDP + GlobalBatchNorm1d, 1 rank, vs plain model",
+            "resume bitwise (8 steps vs 4 + resume 4)"} <= passed
+    skipped = {c["name"]: c["status"] for c in report["checks"] if c["status"].startswith("skip")}
+    assert all(s.startswith(gpu_check.NO_CUDA) for s in skipped.values()), skipped
+    assert "fp16 + GradScaler step finite" in skipped
+    assert report["data"]["pipeline_img_s_per_core"] > 0 and "verdict" in report["data"]
+
+
+def test_reduced_run_times_the_steps(reduced_run) -> None:
+    done, out = reduced_run
+    rows = json.loads((out / "gpu_check.json").read_text())["speed"]
+    measured = [r for r in rows if r["status"] == "measured"]
+    assert {(r["model"], r["variant"]) for r in measured} == {
+        (a, v) for a in ("vit_small", "vit_base")
+        for v in ("ours fp32 eager", "official-like fp32 eager")}
+    for r in measured:
+        assert r["img_per_s"] > 0 and r["ms_per_step"] > 0
+        # the forced out-of-memory fallback: 16 failed, 8 ran
+        assert r["tried"] == [16, 8] and r["batch"] == 8
+    ours = [r for r in measured if r["variant"].startswith("ours")]
+    assert all(r["tflop_per_step"] > 0 and r["vs_official"] > 0 for r in ours)
+
+
+def test_largest_batch_halves_on_out_of_memory() -> None:
+    released = []
+
+    def attempt(batch: int) -> str:
+        if batch > 40:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory at {batch}")
+        return f"ran {batch}"
+
+    batch, result, tried = gpu_check.largest_batch(attempt, 256, 8, lambda: released.append(1))
+    assert (batch, result, tried) == (32, "ran 32", [256, 128, 64, 32])
+    assert len(released) == 3
+
+
+def test_largest_batch_gives_up_and_lets_other_errors_through() -> None:
+    def oom(batch: int) -> None:
+        raise RuntimeError("CUDA error: out of memory")
+
+    with pytest.raises(RuntimeError, match="every batch from 32 down to 8"):
+        gpu_check.largest_batch(oom, 32, 8, lambda: None)
+
+    def broken(batch: int) -> None:
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        gpu_check.largest_batch(broken, 32, 8, lambda: None)
+
+
+def test_time_limit_stops_a_section() -> None:
+    start = time.perf_counter()
+    with pytest.raises(gpu_check.SectionTimeout), gpu_check.time_limit(0.2):
+        while True:
+            sum(range(1000))
+    assert time.perf_counter() - start < 2.0
+
+
+def test_run_section_records_an_overrun_and_an_error(monkeypatch) -> None:
+    def slow(ctx, report) -> None:
+        while True:
+            sum(range(1000))
+
+    def broken(ctx, report) -> None:
+        raise ValueError("boom")
+
+    profile = gpu_check.CPU_PROFILE
+    ctx = gpu_check.Context(torch.device("cpu"), profile, time.perf_counter() + 60)
+    report = gpu_check.Report(profile.name, "cpu")
+    monkeypatch.setitem(profile.section_s, "data", 0.3)
+    monkeypatch.setitem(gpu_check.SECTION_FUNCTIONS, "data", slow)
+    monkeypatch.setitem(gpu_check.SECTION_FUNCTIONS, "speed", broken)
+    gpu_check.run_section("data", ctx, report)
+    gpu_check.run_section("speed", ctx, report)
+    assert report.sections["data"]["status"].startswith("stopped")
+    assert report.sections["speed"]["status"] == "error"
+    assert [c.status for c in report.failed()] == ["error"]
+    assert "ValueError: boom" in report.failed()[0].note
+
+
+def test_comparison_catches_a_wrong_gradient() -> None:
+    """The tolerance check fails a step whose gradients point elsewhere."""
+    g = torch.Generator().manual_seed(0)
+    ref_grads = {"a": torch.randn(100, generator=g), "b": torch.randn(50, generator=g)}
+    groups = {"first": ["a"], "all": ["a", "b"]}
+    ref = gpu_check.Trace(losses=[1.0], grads=[ref_grads])
+    close = gpu_check.Trace(losses=[1.0 + 1e-5],
+                            grads=[{k: v * (1 + 1e-4) for k, v in ref_grads.items()}])
+    wrong = gpu_check.Trace(losses=[1.0],
+                            grads=[{"a": ref_grads["a"], "b": -ref_grads["b"]}])
+    tol = gpu_check.TOLERANCES["fp32"]
+    assert gpu_check.within(gpu_check.compare_traces(ref, close, groups), tol)
+    c = gpu_check.compare_traces(ref, wrong, groups)
+    assert not gpu_check.within(c, tol) and c["min_grad_cos_at"] == "step 1 all"
+
+
+def test_resume_reruns_itself_under_deterministic_algorithms(monkeypatch) -> None:
+    """The branch a GPU takes when its default kernels are not bitwise run-to-run: the
+    resume section runs again in a fresh process with deterministic algorithms."""
+    # In this process the runs "differ" (and are not really trained); the rerun in a
+    # fresh process is real.
+    monkeypatch.setattr(gpu_check, "run_train",
+                        lambda cfg, run_dir, stop_at_step=None: "preempted" if stop_at_step
+                        else "done")
+    monkeypatch.setattr(gpu_check, "checkpoint_tensors", lambda run_dir: {"x": torch.zeros(1)})
+    monkeypatch.setattr(gpu_check, "differing", lambda a, b: ["model.forced"])
+    ctx = gpu_check.Context(torch.device("cpu"), gpu_check.CPU_PROFILE, time.perf_counter() + 90,
+                            verbose=False)
+    report = gpu_check.Report("cpu-reduced", "cpu")
+    gpu_check.section_resume(ctx, report)
+    rows = {c.name: c for c in report.checks}
+    assert rows["run-to-run bitwise (default settings)"].measured.startswith("no")
+    row = rows[gpu_check.RESUME_CHECK]
+    assert row.status == "pass", row
+    assert "use_deterministic_algorithms" in row.note and "equal" in row.measured
+
+
+def test_a_crashing_step_is_an_error_row_and_the_section_goes_on() -> None:
+    def build(batch: int):
+        raise ValueError(f"cannot build at {batch}")
+
+    ctx = gpu_check.Context(torch.device("cpu"), gpu_check.CPU_PROFILE, time.perf_counter() + 60,
+                            verbose=False)
+    report = gpu_check.Report("cpu-reduced", "cpu")
+    row = gpu_check.time_variant(ctx, report, "vit_small", "ours fp32 eager", build, 16, 2, True)
+    assert row.status == "error: ValueError" and row.img_per_s is None
+    assert [c.name for c in report.failed()] == ["vit_small ours fp32 eager"]
