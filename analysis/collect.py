@@ -32,9 +32,10 @@ import pandas as pd
 
 from analysis.cache import ParseCache, file_key
 from analysis.rundata import RUN_FILES, load_train_rows, read_run
+from runfolder.layout import ENV_RUNS_ROOT
+from runfolder.layout import runs_root as layout_runs_root
 
-ENV_VAR = "MOCO3_RUNS_ROOT"
-DEFAULT_RUNS_ROOT = "runs"
+ENV_VAR = ENV_RUNS_ROOT
 ALL_KINDS = ("train", "knn", "probe", "event")
 EVAL_KINDS = ("knn", "probe", "event")
 MAX_DEPTH = 6  # <root>/<ablation>/<factors>/<seed=N> is 3; leave room for nesting
@@ -61,11 +62,8 @@ class RunsRootError(ValueError):
 
 
 def resolve_runs_root(runs_root: str | os.PathLike | None = None) -> Path:
-    """The argument, else $MOCO3_RUNS_ROOT, else ./runs."""
-    if runs_root:
-        return Path(runs_root)
-    env = os.environ.get(ENV_VAR)
-    return Path(env) if env else Path(DEFAULT_RUNS_ROOT)
+    """The argument, else $MOCO3_RUNS_ROOT, else ./runs (one rule for every command)."""
+    return layout_runs_root(runs_root)
 
 
 def factor_column(name: str) -> str:

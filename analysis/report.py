@@ -111,6 +111,10 @@ def _skipped_runs(runs: pd.DataFrame) -> list[str]:
             phase = run.get("phase")
             phase = f" ({phase})" if isinstance(phase, str) and phase else ""
             out.append(f"{where}: {state}{phase} at step {run['step']}; not finished")
+        elif state == "failed":
+            error = run["error"] if isinstance(run["error"], str) and run["error"] else \
+                "no error recorded"
+            out.append(f"{where}: failed: {error}")
         elif state == "pending" or not run["num_metrics_rows"]:
             out.append(f"{where}: {state}, nothing logged yet")
         else:
@@ -336,7 +340,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-cache", action="store_true",
                         help="parse every run folder again (ignore and do not write the cache)")
     parser.add_argument("--timings", action="store_true", help="print how long each stage took")
-    return parser.parse_args(argv)
+    parser.add_argument("pairs", nargs="*", metavar="key=value",
+                        help="runs_root=DIR and ablation=NAME, as on launch.py's command line")
+    args = parser.parse_args(argv)
+    for pair in args.pairs:
+        key, sep, value = pair.partition("=")
+        if key == "runs_root" and sep:
+            args.runs_root = value
+        elif key == "ablation" and sep:
+            args.ablation = [*(args.ablation or []), value]
+        else:
+            parser.error(f"unknown argument {pair!r}; use runs_root=DIR and ablation=NAME")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,7 @@ from experiments.rundir import (
     Decision,
     LaunchError,
     ablation_dir,
+    check_runs_root,
     decide,
     launch_lock,
     manifest_row,
@@ -53,7 +54,7 @@ from experiments.rundir import (
     write_manifest,
     write_run,
 )
-from experiments.schema import LAUNCHERS, LauncherConfig, register
+from experiments.schema import LAUNCHERS, LaunchConfig, LauncherConfig, register
 from moco3.config import ConfigError
 from runfolder.states import RESULTS
 
@@ -64,13 +65,28 @@ PROFILE_ENV = "MOCO3_CLUSTER_PROFILE"
 
 # -- command line ----------------------------------------------------------------------------
 def hydra_argv(argv: list[str], environ: dict[str, str] | None = None) -> list[str]:
-    """Turn `conf_dir=PATH` arguments and $MOCO3_CONF_DIR into Hydra's search path."""
+    """Check the command line and put it in Hydra's terms: `conf_dir=PATH` and
+    $MOCO3_CONF_DIR join the search path, `--runs-root DIR` becomes runs_root=DIR. Refuses,
+    with one sentence, what would otherwise be silently dropped or half done: -m (one study
+    per command) and ~key deletions."""
     environ = dict(os.environ) if environ is None else environ
     dirs = [d for d in environ.get(CONF_ENV, "").split(os.pathsep) if d]
-    rest = []
-    for arg in argv:
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-m", "--multirun"):
+            raise LaunchError("-m/--multirun is not supported: launch.py runs one study per "
+                              "command (each with its own grid); launch several in turn, e.g. "
+                              "for a in lr momentum; do python experiments/launch.py "
+                              "ablation=$a; done.")
+        if arg.startswith("~"):
+            raise LaunchError(f"{arg}: launch.py does not delete keys; set the key to null "
+                              f"instead ({arg[1:].split('=')[0]}=null).")
         if arg.startswith("conf_dir="):
             dirs.append(arg.split("=", 1)[1])
+        elif arg == "--runs-root" or arg.startswith("--runs-root="):
+            value = arg.split("=", 1)[1] if "=" in arg else next(args, "")
+            rest.append(f"runs_root={value}")
         else:
             rest.append(arg)
     if not dirs:
@@ -80,6 +96,15 @@ def hydra_argv(argv: list[str], environ: dict[str, str] | None = None) -> list[s
             raise LaunchError(f"conf_dir {d} is not a directory.")
     paths = ",".join(f"file://{Path(d).expanduser().resolve()}" for d in dirs)
     return [*rest, f"hydra.searchpath=[{paths}]"]
+
+
+def check_top_level_keys(cfg: DictConfig) -> None:
+    """`+foo=1` adds a key that nothing reads: refuse it rather than ignore it."""
+    known = set(LaunchConfig.__dataclass_fields__) | {"hydra"}
+    unknown = sorted(set(cfg.keys()) - known)
+    if unknown:
+        raise LaunchError(f"unknown top-level key(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(sorted(known - {'hydra'}))}.")
 
 
 def command_line_overrides() -> list[str]:
@@ -148,22 +173,41 @@ def local_slots(runs: list[PlannedRun], launcher: DictConfig) -> tuple[int, int,
 
 
 # -- checks before anything is written -------------------------------------------------------
-def check_data(runs: list[PlannedRun], download_ok: bool) -> None:
-    """Each distinct dataset of the grid exists (a clear sentence from moco3.data if not)."""
+def check_data(runs: list[PlannedRun], download_ok: bool,
+               missing: Callable[[str], None] | None = None) -> None:
+    """Each distinct dataset of the grid exists, and every run's batch fits its training
+    set, counted in images (one sentence from moco3 if not). `missing`: called with the
+    sentence instead of refusing when a dataset is not there (a dry run on a machine
+    without the data still shows the grid and its cost)."""
+    from moco3.config import check_batch_fits
     from moco3.data import DatasetNotFoundError, build_dataset
 
-    seen = set()
+    sizes: dict[tuple, int] = {}
     for run in runs:
         d = run.config.data
-        key = (d.name, d.root, d.class_list, d.download)
-        if d.name in ("synthetic", "digits") or key in seen:
+        key = (d.name, d.root, d.class_list, d.download, run.config.model.img_size)
+        if d.name == "synthetic":
+            continue  # generated: its size is data.num_train, checked at compose time
+        if key not in sizes:
+            try:
+                build_dataset(d.name, "val", root=d.root, img_size=run.config.model.img_size,
+                              download=bool(d.download and download_ok),
+                              class_list=d.class_list)
+                sizes[key] = len(build_dataset(
+                    d.name, "train", root=d.root, img_size=run.config.model.img_size,
+                    download=bool(d.download and download_ok), class_list=d.class_list))
+            except DatasetNotFoundError as err:
+                sentence = f"{err} (data={d.name}; set MOCO3_DATA or data.root)."
+                if missing is None:
+                    raise LaunchError(sentence) from None
+                missing(f"warning: a launch would be refused here: {sentence}")
+                sizes[key] = 0
+        if not sizes[key]:
             continue
-        seen.add(key)
         try:
-            build_dataset(d.name, "val", root=d.root, img_size=run.config.model.img_size,
-                          download=bool(d.download and download_ok), class_list=d.class_list)
-        except DatasetNotFoundError as err:
-            raise LaunchError(f"{err} (data={d.name}; set MOCO3_DATA or data.root).") from None
+            check_batch_fits(run.config, sizes[key])
+        except ConfigError as err:
+            raise LaunchError(f"run {run.run_id}: {err}") from None
 
 
 # -- dry run ---------------------------------------------------------------------------------
@@ -261,10 +305,11 @@ class Launch:
     def run(self) -> int:
         runs = self.plan()
         launcher = resolve_launcher(self.cfg, self.overrides, self.say)
+        check_data(runs, download_ok=not self.cfg.dry_run,
+                   missing=self.say if self.cfg.dry_run else None)
         if self.cfg.dry_run:
             self.say(describe(runs, self.decisions(runs), launcher))
             return 0
-        check_data(runs, download_ok=True)
         if launcher.kind == "local":
             local_slots(runs, launcher)  # refuses missing GPUs before anything is written
         with launch_lock(self.dir, self.ablation):
@@ -470,9 +515,16 @@ def launch(cfg: DictConfig, ablation: str, scale: str, overrides: list[str] | No
            say: Callable[[str], None] = print) -> int:
     """Run one launch; errors that refuse the whole launch come out as one sentence."""
     try:
+        check_top_level_keys(cfg)
+        check_runs_root(Path(cfg.runs_root))
         return Launch(cfg, ablation, scale, overrides or [], say).run()
     except (GridError, LaunchError, ConfigError) as err:
         print(f"launch.py: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only or full runs root, found while writing
+        print(f"launch.py: error: cannot write {err.filename or cfg.runs_root}: "
+              f"{err.strerror or err}; choose another runs_root= or free some space.",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -482,15 +534,22 @@ register()
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     choices = HydraConfig.get().runtime.choices
+    # One study per command (-m is refused before Hydra sees it), so exiting here drops
+    # nothing.
     sys.exit(launch(cfg, choices["ablation"], choices["scale"], command_line_overrides()))
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """`python experiments/launch.py ...` and the installed `moco3-launch`."""
     try:
         sys.argv[1:] = hydra_argv(sys.argv[1:])
     except LaunchError as err:
         print(f"launch.py: error: {err}", file=sys.stderr)
         sys.exit(2)
+    hydra_main()
+
+
+if __name__ == "__main__":
     main()

@@ -27,6 +27,7 @@ class RunRow:
     job_id: str | None
     phase: str | None = None
     error: str | None = None
+    precision: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -74,14 +75,23 @@ def read_row(ablation_dir: Path, run_id: str, job_id: str | None = None) -> RunR
     knn = last_knn(run_dir / layout.METRICS)
     return RunRow(
         run_id=run_id,
-        state=status.get("state") or ("pending" if (run_dir / "config.yaml").exists()
-                                      else "absent"),
+        state=status.get("state") or state_without_status(run_dir, summary),
         step=status.get("step"), total_steps=status.get("total_steps"),
         knn_top1=knn if knn is not None else summary.get("knn_top1"),
         linear_top1=summary.get("linear_top1"),
         job_id=job_id or status.get("job_id"), phase=status.get("phase"),
-        error=status.get("error"),
+        error=status.get("error"), precision=status.get("precision") or summary.get("precision"),
     )
+
+
+def state_without_status(run_dir: Path, summary: dict[str, Any]) -> str:
+    """The state of a run folder whose status.json is gone, from what else it holds: a
+    probed or diverged summary is a result; otherwise nobody can tell."""
+    if summary.get("linear_top1") is not None or summary.get("state") == "diverged":
+        return "done" if summary.get("state") != "diverged" else "diverged"
+    if summary or (run_dir / layout.METRICS).exists():
+        return "unknown"
+    return "pending" if (run_dir / layout.CONFIG).exists() else "absent"
 
 
 def read_rows(ablation_dir: Path, only: list[str] | None = None) -> list[RunRow]:
@@ -99,14 +109,15 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 def format_table(rows: list[RunRow], queue: dict[str, str] | None = None) -> str:
     """A fixed-width table; `queue` (job id -> SLURM state) adds a column when given."""
-    header = ["run", "state", "step", "knn", "linear", "job"]
+    header = ["run", "state", "step", "knn", "linear", "precision", "job"]
     if queue is not None:
         header.append("slurm")
     table = [header]
     for r in rows:
         state = r.state if not r.phase or r.state != "running" else f"running:{r.phase}"
         step = "-" if r.step is None else f"{r.step}/{r.total_steps or '?'}"
-        line = [r.run_id, state, step, _fmt(r.knn_top1), _fmt(r.linear_top1), r.job_id or "-"]
+        line = [r.run_id, state, step, _fmt(r.knn_top1), _fmt(r.linear_top1),
+                r.precision or "-", r.job_id or "-"]
         if queue is not None:
             line.append(queue.get(r.job_id or "", "-"))
         table.append(line)

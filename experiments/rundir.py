@@ -49,6 +49,18 @@ class Decision:
     rewrite: bool = False
 
 
+def check_runs_root(root: Path, write: bool = True) -> None:
+    """One sentence when the runs root cannot hold run folders: a file, or not writable."""
+    if root.exists() and not root.is_dir():
+        raise LaunchError(f"runs_root {root} is a file, not a folder; point runs_root= at a "
+                          "folder (it is created if missing).")
+    if write:
+        existing = next(p for p in (root, *root.absolute().parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise LaunchError(f"runs_root {root} is not writable here ({existing} is "
+                              "read-only for this user); choose another runs_root=.")
+
+
 def ablation_dir(runs_root: str | Path, ablation: str) -> Path:
     return Path(runs_root) / sanitize(ablation)
 

@@ -2,34 +2,46 @@
 
     python experiments/status.py ablation=patch_proj [runs_root=runs]
     python experiments/status.py                       # every ablation under runs_root
+    python experiments/status.py --ablation patch_proj --runs-root runs   # the same
 
 One row per run: state (pending|running[:phase]|done|failed|diverged|preempted), step of
-total, last kNN top-1, linear top-1, the last job id and, for SLURM jobs, the queue's state
-(squeue, else sacct). A pending or running run whose job is gone is shown as `lost`:
-launch the ablation again to resume it.
+total, last kNN top-1, linear top-1, the precision it trains in, the last job id and, for
+SLURM jobs, the queue's state (squeue, else sacct); under the table, each failed run's
+error sentence. A pending or running run whose job is gone is shown as `lost`: launch the
+ablation again to resume it.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 from experiments import progress, slurm_jobs
 from experiments.local_pool import pool_alive
-from experiments.rundir import MANIFEST, ablation_dir
+from experiments.rundir import MANIFEST, LaunchError, ablation_dir, check_runs_root
+from runfolder.layout import DEFAULT_RUNS_ROOT, ENV_RUNS_ROOT, runs_root
 
-USAGE = "usage: python experiments/status.py [ablation=NAME] [runs_root=DIR]"
 GONE = "gone"  # not in squeue, and no accounting record
 
 
-def parse(argv: list[str]) -> dict[str, str]:
-    """key=value arguments, as on launch.py's command line."""
-    args = {"runs_root": "runs", "ablation": ""}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in args:
-            raise SystemExit(f"status.py: unknown argument {arg!r}; {USAGE}")
-        args[key] = value
+def parse(argv: list[str]) -> argparse.Namespace:
+    """`--ablation NAME --runs-root DIR`, or launch.py's `ablation=NAME runs_root=DIR`."""
+    p = argparse.ArgumentParser(
+        prog="python experiments/status.py",
+        description="Where an ablation's runs stand: one row per run, from the run folders "
+                    "(and squeue/sacct for SLURM jobs); failed runs with their error.")
+    p.add_argument("--ablation", default="", help="a study under the runs root (default: all)")
+    p.add_argument("--runs-root", default=None, help=f"the runs root (default: ${ENV_RUNS_ROOT} "
+                   f"or {DEFAULT_RUNS_ROOT})")
+    p.add_argument("pairs", nargs="*", metavar="key=value",
+                   help="ablation=NAME and runs_root=DIR, as on launch.py's command line")
+    args = p.parse_args(argv)
+    for pair in args.pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in ("ablation", "runs_root"):
+            p.error(f"unknown argument {pair!r}; use ablation=NAME and runs_root=DIR")
+        setattr(args, key, value)
     return args
 
 
@@ -67,18 +79,25 @@ def show(directory: Path) -> str:
         return f"no runs under {directory}"
     slurm = slurm_states(rows)
     mark_lost(rows, slurm)
-    return progress.format_table(rows, slurm)
+    text = progress.format_table(rows, slurm)
+    errors = [f"  {r.run_id}: {r.error}" for r in rows if r.state == "failed" and r.error]
+    return text + ("\nfailed:\n" + "\n".join(errors) if errors else "")
 
 
-def main(argv: list[str]) -> int:
-    args = parse(argv)
-    root = Path(args["runs_root"])
-    if args["ablation"]:
-        directory = ablation_dir(root, args["ablation"])
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    root = runs_root(args.runs_root)
+    try:
+        check_runs_root(root, write=False)
+    except LaunchError as err:
+        print(f"status.py: error: {err}", file=sys.stderr)
+        return 2
+    if args.ablation:
+        directory = ablation_dir(root, args.ablation)
         if not directory.is_dir():
             known = sorted(p.name for p in root.iterdir() if (p / MANIFEST).exists()) \
                 if root.is_dir() else []
-            print(f"status.py: no runs of ablation {args['ablation']} under {root} "
+            print(f"status.py: no runs of ablation {args.ablation} under {root} "
                   f"(found: {', '.join(known) or 'none'}).", file=sys.stderr)
             return 1
         print(show(directory))
@@ -95,4 +114,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

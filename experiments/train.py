@@ -27,10 +27,12 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from experiments.grid import GridError, expand
+from experiments.launch import check_top_level_keys, hydra_argv
 from experiments.rundir import (
     MANIFEST,
     LaunchError,
     ablation_dir,
+    check_runs_root,
     decide,
     launch_lock,
     manifest_row,
@@ -124,7 +126,7 @@ def run_single(cfg: DictConfig, scale: str) -> int:
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     choices = HydraConfig.get().runtime.choices
     if choices["ablation"] != "none":
         print("train.py: error: experiments/train.py runs one configuration; launch a study "
@@ -132,14 +134,31 @@ def main(cfg: DictConfig) -> None:
               file=sys.stderr)
         sys.exit(2)
     try:
+        check_top_level_keys(cfg)
+        check_runs_root(Path(cfg.runs_root))
         code = run_single(cfg, choices["scale"])
     except (ConfigError, GridError, LaunchError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # a read-only or full runs root, found while writing
+        print(f"train.py: error: cannot write {err.filename or cfg.runs_root}: "
+              f"{err.strerror or err}; choose another runs_root= or free some space.",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("train.py: interrupted; run the same command again to resume.", file=sys.stderr)
         sys.exit(130)
     sys.exit(code)
+
+
+def main() -> None:
+    """`python experiments/train.py ...` and the installed `moco3-train`."""
+    try:
+        sys.argv[1:] = hydra_argv(sys.argv[1:])
+    except LaunchError as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
 
 
 if __name__ == "__main__":

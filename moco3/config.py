@@ -182,23 +182,58 @@ def _lookup(cfg: DictConfig, dotted: str) -> Any:
     return OmegaConf.select(cfg, dotted)
 
 
+# (key, lowest valid value, whether the lowest value itself is excluded): the ranges every
+# run is held to at compose time, so that a launch refuses what a job would crash on.
+RANGES: tuple[tuple[str, float, bool], ...] = (
+    ("train.epochs", 1, False), ("train.batch_size", 2, False),
+    ("train.log_every", 1, False), ("train.knn_every", 0, False), ("train.knn_k", 1, False),
+    ("train.knn_t", 0, True), ("train.knn_memory", 1, False), ("train.knn_queries", 1, False),
+    ("train.ckpt_every_steps", 1, False), ("train.ckpt_every_minutes", 0, True),
+    ("train.spike_factor", 1, True), ("train.spike_window", 1, False),
+    ("train.dip_points", 0, False), ("train.threads", 1, False),
+    ("optim.base_lr", 0, True), ("optim.weight_decay", 0, False),
+    ("optim.warmup_epochs", 0, False), ("optim.grad_clip", 0, True),
+    ("optim.momentum", 0, False), ("optim.trust_coefficient", 0, True),
+    ("moco.tau", 0, True), ("moco.queue_size", 1, False), ("moco.bank_momentum", 0, False),
+    ("model.img_size", 1, False), ("model.patch_size", 1, False), ("model.dim", 1, False),
+    ("model.mlp_dim", 1, False), ("model.depth", 1, False), ("model.embed_dim", 1, False),
+    ("model.num_heads", 1, False), ("model.drop_path_rate", 0, False),
+    ("data.num_train", 1, False), ("data.num_val", 1, False), ("data.num_workers", 0, False),
+    ("data.crop_min", 0, True), ("data.eval_crop", 0, True),
+    ("probe.epochs", 1, False), ("probe.batch_size", 1, False), ("probe.lr_base", 0, True),
+    ("probe.weight_decay", 0, False),
+)
+AT_MOST_ONE = ("moco.m0", "moco.bank_momentum", "data.crop_min", "data.eval_crop",
+               "model.drop_path_rate")
+# Datasets whose training-set size is known without reading any file.
+_FIXED_TRAIN_SIZES = {"cifar10": 50000, "cifar100": 50000, "stl10": 5000}
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first bad value and the valid ones."""
+    """Raise ConfigError naming the first bad value and what is valid. This is THE check of
+    a run configuration, shared by the launch, the dry run, a run by hand and the job."""
     for key, valid in CHOICES.items():
         value = _lookup(cfg, key)
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(valid)}.")
-    if cfg.train.batch_size < 2:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be at least 2.")
-    if cfg.model.img_size % cfg.model.patch_size:
+    for key, low, strict in RANGES:
+        value = _lookup(cfg, key)
+        if value is None:
+            continue  # optional (None: the default of the arch, torch's threads, ...)
+        if value < low or (strict and value == low):
+            bound = f"greater than {low}" if strict else f"at least {low}"
+            raise ConfigError(f"{key}={value} must be {bound}.")
+    for key in AT_MOST_ONE:
+        value = _lookup(cfg, key)
+        if value is not None and value > 1:
+            raise ConfigError(f"{key}={value} must be at most 1.")
+    if not 0.0 <= cfg.moco.m0 <= 1.0:
+        raise ConfigError(f"moco.m0={cfg.moco.m0} must lie in [0, 1].")
+    if cfg.model.arch != "resnet50" and cfg.model.img_size % cfg.model.patch_size:
         raise ConfigError(
             f"model.img_size={cfg.model.img_size} must be a multiple of "
             f"model.patch_size={cfg.model.patch_size}."
         )
-    if not 0.0 <= cfg.moco.m0 <= 1.0:
-        raise ConfigError(f"moco.m0={cfg.moco.m0} must lie in [0, 1].")
-    if cfg.moco.tau <= 0:
-        raise ConfigError(f"moco.tau={cfg.moco.tau} must be positive.")
     bad = inapplicable_switches(cfg.model)
     if bad:
         raise ConfigError(
@@ -206,6 +241,19 @@ def validate(cfg: DictConfig) -> None:
             + ("; ViT switches keep their defaults with a ResNet-50 (choose a ViT arch to "
                "vary them)." if cfg.model.arch == "resnet50" else
                " (a conv-stem arch); set model.patch_embed=conv_stem.")
+        )
+    train_size = (cfg.data.num_train if cfg.data.name == "synthetic"
+                  else _FIXED_TRAIN_SIZES.get(cfg.data.name))
+    if train_size is not None:
+        check_batch_fits(cfg, train_size)
+
+
+def check_batch_fits(cfg: DictConfig, train_images: int) -> None:
+    """A global batch larger than the training set gives no step at all."""
+    if cfg.train.batch_size > train_images:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} is larger than the training set of "
+            f"data={cfg.data.name} ({train_images} images); lower it or use more data."
         )
 
 

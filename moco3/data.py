@@ -253,9 +253,14 @@ def _image_folder(name: str, split: str, root: str | None,
                                    f"of images per class there")
     samples: list[tuple[str, int]] = []
     for label, cls in enumerate(classes):
+        found = len(samples)
         for dirpath, _, files in sorted(os.walk(folder / cls, followlinks=True)):
             samples += [(os.path.join(dirpath, f), label) for f in sorted(files)
                         if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if len(samples) == found:
+            raise DatasetNotFoundError(
+                f"{name}: the class folder {folder / cls} holds no images (looked for "
+                f"{', '.join(IMAGE_EXTENSIONS)}): remove it or add its images")
     return ImageFileDataset(samples, classes)
 
 

@@ -1,6 +1,13 @@
-"""File and folder names of a run folder (see the package docstring for the tree)."""
+"""File and folder names of a run folder (see the package docstring for the tree), and
+where the runs root is when a command is not told."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_RUNS_ROOT = "MOCO3_RUNS_ROOT"
+DEFAULT_RUNS_ROOT = "runs"
 
 CONFIG = "config.yaml"
 STATUS = "status.json"
@@ -14,3 +21,8 @@ MANIFEST = "manifest.jsonl"  # in the ablation folder, beside the run folders
 LAST_CHECKPOINT = "last.pt"
 PROBE_CHECKPOINT = "probe_last.pt"
 MILESTONE_CHECKPOINT = "epoch_{epoch:04d}.pt"
+
+
+def runs_root(value: str | os.PathLike | None = None) -> Path:
+    """The runs root every command uses: `value`, else $MOCO3_RUNS_ROOT, else ./runs."""
+    return Path(value or os.environ.get(ENV_RUNS_ROOT) or DEFAULT_RUNS_ROOT)
