@@ -24,6 +24,7 @@ MOMENTUM_SCHEDULES = ("cosine", "constant")
 DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "stl10", "imagefolder", "imagenet100")
 OPTIMIZERS = ("adamw", "lars", "lamb")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOGGERS = ("tensorboard", "wandb", "csv")
 DEVICES = ("auto", "cpu", "cuda")
 CHOICES: dict[str, tuple[Any, ...]] = {
     "model.arch": ARCHS,
@@ -128,6 +129,11 @@ class TrainConfig:
     spike_factor: float = 4.0
     spike_window: int = 20
     dip_points: float = 3.0
+    # Where else the metrics rows go, beside metrics.jsonl (rank 0, inside the run folder):
+    # tensorboard | wandb | csv. W&B honours WANDB_MODE=offline.
+    loggers: list[str] = field(default_factory=list)
+    wandb_project: str = "moco3"
+    wandb_entity: str | None = None
 
 
 @dataclass
@@ -216,6 +222,9 @@ def validate(cfg: DictConfig) -> None:
         value = _lookup(cfg, key)
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(valid)}.")
+    for name in cfg.train.loggers:
+        if name not in LOGGERS:
+            raise ConfigError(f"train.loggers has {name!r}; choose from {list(LOGGERS)}.")
     for key, low, strict in RANGES:
         value = _lookup(cfg, key)
         if value is None:
@@ -307,7 +316,7 @@ def config_hash(cfg: DictConfig) -> str:
     container.pop("meta", None)
     train = dict(container.get("train", {}))
     for key in ("log_every", "ckpt_every_steps", "ckpt_every_minutes", "milestones",
-                "threads", "compile"):
+                "threads", "compile", "loggers", "wandb_project", "wandb_entity"):
         train.pop(key, None)
     container["train"] = train
     blob = json.dumps(container, sort_keys=True, default=str).encode()

@@ -27,6 +27,7 @@ from moco3.augment import ProbeTrainTransform
 from moco3.config import ConfigError, config_hash, to_run_config
 from moco3.data import IndexedTransformDataset
 from moco3.dist import get_rank, get_world_size
+from moco3.loggers import build_loggers
 from moco3.precision import autocast_dtype, resolve_precision
 from moco3.preemption import PreemptionFlag
 from moco3.runlog import RunLog
@@ -64,7 +65,8 @@ class Prober:
         self.cfg, self.run_dir, self.say = cfg, Path(run_dir), log
         self.rank, self.world = get_rank(), get_world_size()
         self.is_main = self.rank == 0
-        self.runlog = RunLog(self.run_dir, self.is_main)
+        self.runlog = RunLog(self.run_dir, self.is_main,
+                             build_loggers(cfg, self.run_dir) if self.is_main else [])
         self.device = pick_device(cfg.train.device)
         self.amp_dtype = autocast_dtype(resolve_precision(cfg.probe.precision, self.device))
         self.model = build_moco(cfg, global_bn=False).to(self.device)
@@ -219,4 +221,8 @@ def probe(cfg: Any, run_dir: str | Path, stop_at_epoch: int | None = None,
           log: Callable[[str], None] = print) -> float:
     """Linear-probe the pre-trained run in `run_dir`; returns the best val top-1 (%)."""
     cfg = to_run_config(cfg)
-    return Prober(cfg, Path(run_dir), log=log).run(stop_at_epoch=stop_at_epoch)
+    prober = Prober(cfg, Path(run_dir), log=log)
+    try:
+        return prober.run(stop_at_epoch=stop_at_epoch)
+    finally:
+        prober.runlog.close()

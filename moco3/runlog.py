@@ -13,8 +13,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runfolder import layout
 from runfolder.atomic import atomic_open, disk_full, read_json, write_json
@@ -26,12 +27,29 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+class RowSink(Protocol):
+    """Somewhere else the metrics rows go (TensorBoard, W&B, CSV: moco3/loggers.py), fed
+    by the RunLog in the order rows are written to metrics.jsonl."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        """One row, as appended to metrics.jsonl."""
+
+    def rewind(self, keep: Callable[[dict[str, Any]], bool], step: int, probe: bool) -> None:
+        """metrics.jsonl was rewound: rows `keep` rejects are gone, and the rows after
+        `step` (pre-training step, or probe epoch when `probe`) will be written again."""
+
+    def close(self) -> None:
+        """Flush and release; the job is ending."""
+
+
 class RunLog:
     """Writes one run's status, metrics, summary and provenance; a no-op off rank 0."""
 
-    def __init__(self, run_dir: Path, is_main: bool = True) -> None:
+    def __init__(self, run_dir: Path, is_main: bool = True,
+                 sinks: Sequence[RowSink] = ()) -> None:
         self.run_dir = Path(run_dir)
         self.is_main = is_main
+        self.sinks = list(sinks) if is_main else []
         self.status_path = self.run_dir / layout.STATUS
         self.metrics_path = self.run_dir / layout.METRICS
         self.summary_path = self.run_dir / layout.SUMMARY
@@ -80,11 +98,18 @@ class RunLog:
             if err.errno == 28:  # ENOSPC
                 raise disk_full(self.metrics_path) from err
             raise
+        for sink in self.sinks:
+            sink.write(row)
 
-    def rewind(self, keep: callable) -> int:
+    def rewind(self, keep: Callable[[dict[str, Any]], bool], step: int = -1,
+               probe: bool = False) -> int:
         """Rewrite metrics.jsonl atomically without the rows `keep(row)` rejects (and
-        without unreadable lines). Returns how many lines were removed."""
-        if not self.is_main or not self.metrics_path.exists():
+        without unreadable lines); the sinks rewind too. Returns how many lines went."""
+        if not self.is_main:
+            return 0
+        for sink in self.sinks:
+            sink.rewind(keep, step, probe)
+        if not self.metrics_path.exists():
             return 0
         kept, removed = [], 0
         for line in self.metrics_path.read_bytes().splitlines():
@@ -106,12 +131,18 @@ class RunLog:
         """Remove the step rows of steps after `step` (the checkpoint a run resumes from;
         -1 for a fresh start): the resumed run writes them again. Probe rows and the job's
         interruption events stay (runfolder.rows)."""
-        return self.rewind(lambda row: not (is_step_row(row) and _step(row) > step))
+        return self.rewind(lambda row: not (is_step_row(row) and _step(row) > step), step)
 
     def rewind_probe(self, epoch: int) -> int:
         """Remove the probe rows of probe epochs after `epoch` (its checkpoint)."""
-        return self.rewind(lambda row: not (row.get("kind") == "probe"
-                                            and _step(row) > epoch))
+        return self.rewind(lambda row: not (row.get("kind") == "probe" and _step(row) > epoch),
+                           epoch, probe=True)
+
+    def close(self) -> None:
+        """Close the sinks (the job is ending); metrics.jsonl needs nothing."""
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
     # -- summary and provenance ----------------------------------------------------------
     def read_summary(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from moco3.data import IndexedTransformDataset, build_dataset, eval_crop_fractio
 from moco3.dist import get_rank, get_world_size
 from moco3.knn import extract_features, weighted_knn_top1
 from moco3.loader import StepBatchSampler, epoch_loader
+from moco3.loggers import build_loggers
 from moco3.model import MoCo, build_model
 from moco3.monitor import InstabilityMonitor
 from moco3.negatives import Negatives, build_negatives
@@ -145,7 +146,8 @@ class Trainer:
         self.rank, self.world = get_rank(), get_world_size()
         self.is_main = self.rank == 0
         self.hash = config_hash(cfg)
-        self.runlog = RunLog(self.run_dir, self.is_main)
+        self.runlog = RunLog(self.run_dir, self.is_main,
+                             build_loggers(cfg, self.run_dir) if self.is_main else [])
         self.device = pick_device(cfg.train.device)
         # A resumed run keeps what it started with: its precision (a job requeued onto
         # another kind of node must not switch mid-run) and its thread count (matmul
@@ -553,5 +555,8 @@ def train(cfg: Any, run_dir: str | Path, stop_at_step: int | None = None,
     unusable checkpoints. The run folder's config.yaml is the launcher's to write.
     """
     cfg = to_run_config(cfg)
-    return Trainer(cfg, Path(run_dir), log=log, on_row=on_row, threads=threads).run(
-        stop_at_step=stop_at_step)
+    trainer = Trainer(cfg, Path(run_dir), log=log, on_row=on_row, threads=threads)
+    try:
+        return trainer.run(stop_at_step=stop_at_step)
+    finally:
+        trainer.runlog.close()  # the loggers flush whatever ended the run
