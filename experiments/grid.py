@@ -156,8 +156,11 @@ def _check_varied_keys_apply(node: DictConfig, sources: list[tuple[str, dict[str
 
 
 def expand(cfg: DictConfig, ablation: str, scale: str) -> list[PlannedRun]:
-    """Every run of `cfg.ablation` at `scale`, in grid order, seeds innermost."""
-    base = OmegaConf.create({k: _plain(cfg[k]) for k in RUN_KEYS})
+    """Every run of `cfg.ablation` at `scale`, in grid order, seeds innermost. Interpolations
+    resolve after the study's overrides, so a value derived from another (the R50 recipe
+    from train.epochs) follows what the study sets."""
+    base = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=False)
+                             if isinstance(cfg[k], DictConfig) else cfg[k] for k in RUN_KEYS})
     base.resources = _plain(cfg.resources)
     runs: list[PlannedRun] = []
     study = _plain(cfg.ablation.overrides) or {}

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from moco3.config import RunConfig
+from moco3.recipes import r50_recipe
 
 SCALES = ("tiny", "small", "paper")
 LAUNCHERS = ("auto", "local", "slurm", "debug")
@@ -98,5 +100,8 @@ class LaunchConfig(RunConfig):
 
 
 def register() -> None:
-    """Store the schema where conf/config.yaml's defaults list finds it (idempotent)."""
+    """Store the schema where conf/config.yaml's defaults list finds it, and the resolvers
+    the config files use (idempotent)."""
     ConfigStore.instance().store(name="launch_schema", node=LaunchConfig)
+    if not OmegaConf.has_resolver("r50_recipe"):
+        OmegaConf.register_new_resolver("r50_recipe", r50_recipe)

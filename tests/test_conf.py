@@ -109,11 +109,28 @@ def test_paper_scale_is_the_papers_recipe():
     assert {r.config.train.epochs for r in studies} == {100}
 
 
-def test_resnet50_gets_the_official_r50_recipe():
-    cfg = _runs("none", "paper", ("model=resnet50",))[0].config
-    assert (cfg.optim.name, cfg.optim.base_lr, cfg.optim.weight_decay) == ("lars", 0.3, 1.5e-6)
+@pytest.mark.parametrize("epochs,lr,wd,m0", [
+    (100, 0.6, 1e-6, 0.99), (300, 0.3, 1e-6, 0.99), (1000, 0.3, 1.5e-6, 0.996),
+    (200, 0.3, 1e-6, 0.99),  # no official 200-epoch setting: the nearest, 300
+])
+def test_resnet50_gets_the_official_r50_recipe_for_its_length(epochs, lr, wd, m0):
+    """moco-v3 CONFIG.md: 100 / 300 / 1000-epoch R50 settings."""
+    cfg = _runs("none", "paper", ("model=resnet50", f"train.epochs={epochs}"))[0].config
+    assert (cfg.optim.name, cfg.optim.base_lr, cfg.optim.weight_decay) == ("lars", lr, wd)
     assert (cfg.moco.tau, cfg.moco.m0, cfg.data.crop_min, cfg.probe.lr_base) == (
-        1.0, 0.996, 0.2, 0.1)
+        1.0, m0, 0.2, 0.1)
+    # A study that sets the length itself gets the setting for that length.
+    for run in _runs("negatives", "paper"):
+        c = run.config
+        assert (c.train.epochs, c.optim.base_lr, c.optim.weight_decay, c.moco.m0) == (
+            200, 0.3, 1e-6, 0.99)
+
+
+def test_every_momentum_level_means_its_label():
+    for scale in SCALES:
+        runs = {r.factors["momentum"]: r.config.moco for r in _runs("momentum", scale)}
+        assert (runs["0"].m0, runs["0"].momentum_schedule) == (0.0, "constant")
+        assert all(m.momentum_schedule == "cosine" for k, m in runs.items() if k != "0")
 
 
 @pytest.mark.parametrize("group,options", [
@@ -178,7 +195,7 @@ def test_an_unquoted_numeric_label_is_refused(tmp_path):
     ("factors:\n  x:\n    a: {model.nope: 1}\n", "x=a: 'model.nope' is not a config key"),
     ("factors:\n  x:\n    a: {moco.tau: 0.2}\n    b: {moco.tau: {paper: 0.3}}\n",
      "resolve to the same configuration"),
-    ("factors:\n  x:\n    a: {moco.tau: -1.0}\n", "moco.tau=-1.0 must be positive"),
+    ("factors:\n  x:\n    a: {moco.tau: -1.0}\n", "moco.tau=-1.0 must be greater than 0"),
     ("factors:\n  x:\n    a: {model.pos_embed: sine}\n", "model.pos_embed='sine' is not valid"),
     ("factors:\n  x: {a: {}}\ngrids:\n  - factors:\n      y: {b: {}}\n", "not both"),
     ("seeds: []\nfactors: {}\n", "seeds must be a non-empty list"),
