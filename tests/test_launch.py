@@ -388,6 +388,65 @@ def test_wait_false_returns_at_once_and_a_relaunch_leaves_active_runs_alone(tmp_
     assert "baseline/seed=0  done" in status.stdout
 
 
+def test_a_test_that_gives_up_on_a_launch_ends_its_pool_and_runs(tmp_path):
+    from conftest import end_local_pools
+
+    done = _cli(["ablation=predictor", "launcher=local", "wait=false", *FAST,
+                 "train.epochs=50"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    manifest = read_manifest(tmp_path / "runs" / "predictor" / "manifest.jsonl")
+    pool = int(next(iter(manifest.values()))["job_ids"][-1].rsplit(":", 1)[1])
+    runs = [tmp_path / "runs" / "predictor" / run_id for run_id in manifest]
+    deadline = time.monotonic() + 120
+    while not any((read_json(r / "status.json") or {}).get("state") == "running" for r in runs):
+        assert time.monotonic() < deadline, "no run started"
+        time.sleep(0.5)
+    assert end_local_pools(tmp_path / "runs") == [pool]
+    deadline = time.monotonic() + 30
+    while _living_members(pool):  # the pool and every run of its group are gone
+        assert time.monotonic() < deadline, _living_members(pool)
+        time.sleep(0.5)
+
+
+def _living_members(pgid: int) -> list[int]:
+    """Processes of a process group that are not dead (zombies await a reaper: dead)."""
+    alive = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(proc.name))
+    return alive
+
+
+def test_ctrl_c_or_sigterm_stops_local_runs_at_a_step_boundary(tmp_path):
+    """A waiting launch that is interrupted stops its runs with a checkpoint (preempted),
+    says how to resume, and the same command then finishes them."""
+    import signal
+
+    args = ["ablation=none", "launcher=local", *FAST, "train.epochs=40", "probe.enabled=false"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MOCO3_CONF_DIR",)}
+    launch = subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    run = tmp_path / "runs" / "none" / "baseline" / "seed=0"
+    deadline = time.monotonic() + 180
+    while (read_json(run / "status.json") or {}).get("step", 0) < 4:
+        assert time.monotonic() < deadline and launch.poll() is None
+        time.sleep(0.5)
+    launch.send_signal(signal.SIGTERM)
+    out, _ = launch.communicate(timeout=180)
+    status = read_json(run / "status.json")
+    assert status["state"] == "preempted", out
+    assert (run / "checkpoints" / "last.pt").exists()
+    assert "resume them with: python experiments/launch.py ablation=none" in out
+    again = _cli(args, tmp_path, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert read_json(run / "status.json")["state"] == "done"
+
+
 def test_status_marks_a_run_whose_job_is_gone_as_lost(tmp_path):
     root = tmp_path / "runs" / "x"
     run = root / "a=1" / "seed=0"
