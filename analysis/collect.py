@@ -48,6 +48,7 @@ RUN_COLUMNS = [
     "num_spikes_first", "num_spikes_last", "diverged_step", "final_loss", "train_seconds",
     "has_summary", "summary_source", "scale", "config_hash", "cfg.epochs", "cfg.dataset",
     "cfg.arch", "job_id", "error", "phase", "updated", "num_metrics_rows",
+    "env.torch", "env.device", "env.commit", "env.starts",
     "factor_names", "factor_label", "run_dir",
 ]
 _INT_COLUMNS = ["seed", "step", "total_steps", "images_seen", "num_knn_dips",

@@ -91,6 +91,33 @@ def _state_summary(runs: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+PROVENANCE = (("env.torch", "torch"), ("env.device", "device"), ("precision", "precision"),
+              ("threads", "threads"), ("env.commit", "commit"))
+
+
+def provenance_section(runs: pd.DataFrame) -> str:
+    """Which versions and hardware produced which runs, per ablation; a study whose runs
+    differ in any of them is flagged (its differences may not be the factor's alone)."""
+    lines = ["| ablation | " + " | ".join(name for _, name in PROVENANCE) + " | |",
+             "|---|" + "---|" * len(PROVENANCE) + "---|"]
+    for ablation in _ablation_order(sorted(runs["ablation"].unique())):
+        group = runs[runs["ablation"] == ablation]
+        cells, mixed = [], []
+        for column, name in PROVENANCE:
+            values = sorted({_provenance_text(v) for v in group.get(column, pd.Series())
+                             if pd.notna(v)})
+            cells.append(", ".join(values) or "—")
+            if len(values) > 1 or any(" / " in v for v in values):
+                mixed.append(name)
+        flag = f"**mixes {', '.join(mixed)}**" if mixed else ""
+        lines.append(f"| {ablation} | " + " | ".join(cells) + f" | {flag} |")
+    return "\n".join(lines) + "\n"
+
+
+def _provenance_text(value: object) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def _anchor(ablation: str) -> str:
     return "ablation-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in ablation)
 
@@ -298,6 +325,12 @@ def build_report(
         "[D] derived, [R] recalled. All runs, one row each: [runs.csv](runs.csv).\n",
         "## Run states\n",
         _state_summary(runs),
+        "## Provenance\n",
+        "What produced the runs (their env.json and status.json): torch version, GPU or "
+        "CPU kind, training precision, CPU threads, code commit. A study whose runs differ in "
+        "any of these is flagged: part of its differences may come from that, not from the "
+        "factor.\n",
+        provenance_section(runs),
         *sections,
         "## Skipped and repaired\n",
     ]

@@ -29,10 +29,11 @@ import yaml
 from analysis.reference import normalize_label
 from analysis.summarize import first_layer_group, from_eval_rows
 from runfolder import layout
+from runfolder.atomic import read_json_list
 from runfolder.rows import KEYS, decode_value, dedup_key
 from runfolder.states import STATES
 
-RUN_FILES = (layout.CONFIG, layout.STATUS, layout.SUMMARY, layout.METRICS)
+RUN_FILES = (layout.CONFIG, layout.STATUS, layout.SUMMARY, layout.METRICS, layout.ENV)
 
 KNOWN_KEYS = KEYS
 STATUS_KEYS = {
@@ -340,6 +341,25 @@ def _as_int(value: Any) -> int | None:
         return None
 
 
+def provenance(records: list[dict]) -> dict[str, Any]:
+    """What produced a run, from its env.json (one record per start): the values of every
+    start joined with " / " when they changed (a run resumed elsewhere shows both)."""
+    def values(*keys: str) -> str | None:
+        seen: list[str] = []
+        for r in records:
+            value = next((r.get(k) for k in keys if r.get(k)), None)
+            if value is not None and str(value) not in seen:
+                seen.append(str(value))
+        return " / ".join(seen) or None
+
+    for r in records:
+        if r.get("git_commit"):
+            r["_commit"] = r["git_commit"][:10] + ("+dirty" if r.get("git_dirty") else "")
+    return {"env.torch": values("torch_version"), "env.device": values("gpu_model",
+                                                                       "cpu_capability"),
+            "env.commit": values("_commit"), "env.starts": len(records) or None}
+
+
 def read_run(run_dir: Path, relpath: str) -> RunData:
     """Read the run folder ``run_dir`` (``relpath`` = its path below the runs root)."""
     warnings: list[str] = []
@@ -391,6 +411,7 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
         "cfg.arch": _get(config, "model", "arch"),
     }
 
+    record.update(provenance(read_json_list(run_dir / layout.ENV)))
     status = read_json_file(run_dir / "status.json", warnings)
     summary = read_json_file(run_dir / "summary.json", warnings)
     for name, content, known in (("status.json", status, STATUS_KEYS),
@@ -438,6 +459,9 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
         if value is None and derived.get(key) is not None:
             values[key] = derived[key]
             filled.append(key)
+    for key in ("precision", "threads"):  # the job writes both when it starts
+        if values.get(key) is None:
+            values[key] = _get(status, key)
     if values.get("diverged_step") is None and state == "diverged":
         values["diverged_step"] = record["step"]
     record.update(values)

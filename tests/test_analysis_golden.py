@@ -397,6 +397,26 @@ def test_report_builds_names_what_it_skipped_and_reuses_figures(golden, tmp_path
     assert again.figures_drawn == 0 and again.figures_reused == result.figures_drawn
 
 
+def test_the_report_flags_a_study_that_mixes_versions_hardware_or_threads(tmp_path):
+    root = make_golden_runs(tmp_path / "runs")
+    env = {"torch_version": "2.14.1", "cpu_capability": "AVX2", "git_commit": "a" * 40,
+           "git_dirty": False}
+    for seed, extra in ((0, {}), (1, {"cpu_capability": "AVX512_BF16"})):
+        run = root / "my_idea" / "width=a" / f"seed={seed}"
+        (run / "env.json").write_text(json.dumps([{**env, **extra}]))
+        status = json.loads((run / "status.json").read_text())
+        (run / "status.json").write_text(json.dumps({**status, "precision": "fp32",
+                                                     "threads": 1 + seed}))
+    (root / "none" / "baseline" / "seed=0" / "env.json").write_text(json.dumps([env, env]))
+    build_report(root, tmp_path / "report", formats=("png",))
+    readme = (tmp_path / "report" / "README.md").read_text()
+    section = readme.split("## Provenance")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| my_idea "))
+    assert "AVX2, AVX512_BF16" in row and "**mixes device, threads**" in row
+    baseline = next(line for line in section.splitlines() if line.startswith("| none "))
+    assert "2.14.1" in baseline and "aaaaaaaaaa" in baseline and "mixes" not in baseline
+
+
 def test_report_with_no_matching_ablation_is_one_sentence(golden, tmp_path):
     with pytest.raises(NothingToReport, match="None of the ablations nope"):
         build_report(golden, tmp_path / "r", ablations=["nope"])
