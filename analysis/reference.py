@@ -1,6 +1,6 @@
 """The published numbers, as data, keyed by ablation name, factor labels and value.
 
-Transcribed from ``shared/paper-reference.md`` (MoCo v3 paper and official code, MoCo v1/v2
+Transcribed from ``docs/paper-reference.md`` (MoCo v3 paper and official code, MoCo v1/v2
 papers). Each number carries its source and a tag:
 
 * ``V`` verified -- seen in the paper or the official code/README;
@@ -98,7 +98,7 @@ _add(
 )
 
 # The learned-projection numbers at 0.5e-4 and 1.0e-4 come from the lr study, which the
-# paper runs before introducing the frozen projection; paper-reference.md does not state its
+# paper runs before introducing the frozen projection; docs/paper-reference.md does not state its
 # patch projection, so that pairing is marked derived. Frozen = learned + the verified gain,
 # whose pairing with lr is itself derived.
 _add(

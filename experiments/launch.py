@@ -7,7 +7,7 @@
 
 Every run's config is composed and validated here, on the login node, and written to
 `<runs_root>/<ablation>/<run_id>/config.yaml` with the manifest before anything is
-submitted; the job reads that file and nothing else (DESIGN.md: why submitit directly and
+submitted; the job reads that file and nothing else (docs/design.md: why submitit directly and
 not Hydra's launcher plugin). A relaunch skips finished runs, leaves active ones alone,
 resubmits the rest (they resume from their checkpoints) and refuses, per run, to touch a
 finished or started run whose configuration changed.
