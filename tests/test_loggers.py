@@ -1,6 +1,6 @@
-"""Optional loggers (train.loggers: tensorboard, wandb, csv): what they hold equals
-metrics.jsonl step for step, exactly once across a stop, a kill -9 and a replayed probe
-epoch. Read back with TensorBoard's own event reader, the csv module and
+"""Optional loggers (train.loggers: tensorboard, wandb, csv) and the TensorBoard converter:
+what they hold equals metrics.jsonl step for step, exactly once across a stop, a kill -9 and
+a replayed probe epoch. Read back with TensorBoard's own event reader, the csv module and
 W&B's offline run files (WANDB_MODE=offline: no network)."""
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from moco3.config import ConfigError, to_run_config
 from moco3.job import run_job
 from moco3.loggers import CsvLogger, EventFolder, build_loggers
 from moco3.probe import probe
+from moco3.tensorboard import main as convert
 from moco3.train import train
 from runfolder.rows import KEYS, TIMING_KEYS
 
@@ -248,6 +249,44 @@ def test_a_stopped_killed_and_replayed_run_logs_every_step_once(reference, tmp_p
         logged = wandb_values(run, kind, key)
         assert {step for step, _ in logged} == set(want), kind
         assert all(want[step] == value for step, value in logged), kind
+
+
+# -- the converter -------------------------------------------------------------------------------
+def test_the_converter_gives_the_live_loggers_scalars_once(reference, tmp_path, capsys):
+    root = tmp_path / "runs"
+    run, sha = run_folder(root / "abl" / "lr=1" / "seed=0", loggers=[])
+    assert run_job(run, sha, threads=1, log=quiet) == "done"
+    assert not {"tensorboard", "csv", "wandb", "wandb_id"} & {p.name for p in run.iterdir()}
+    # a folder an older version resumed: a step written twice, a truncated last line
+    old = root / "older" / "run"
+    old.mkdir(parents=True)
+    lines = (reference / "metrics.jsonl").read_text().splitlines(keepends=True)
+    again = json.loads(lines[2])
+    assert (again["kind"], again["step"]) == ("train", 4)
+    again["loss"] = 7.5
+    old.joinpath("metrics.jsonl").write_text("".join(lines[:4]) + json.dumps(again) + "\n"
+                                             + '{"kind": "train", "st')
+
+    assert convert([str(root)]) == 0
+    out = root / "tensorboard"
+    for axis in ("", "probe"):
+        assert untimed(scalars(out / "abl/lr=1/seed=0" / axis)) == \
+            untimed(scalars(reference / "tensorboard" / axis)), axis
+    old_loss = scalars(out / "older/run")["train/loss"]
+    assert old_loss[1] == (again["step"], 7.5) and len(old_loss) == 2
+    err = capsys.readouterr().err
+    assert "truncated last line" in err and "1 repeated row(s)" in err
+
+    before = {axis: scalars(out / "abl/lr=1/seed=0" / axis, purge=False)
+              for axis in ("", "probe")}
+    done = subprocess.run([sys.executable, "-m", "moco3.tensorboard", str(root)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"tensorboard --logdir {out}" in done.stdout
+    for axis in ("", "probe"):  # replaced, not appended to
+        folder = out / "abl/lr=1/seed=0" / axis
+        assert scalars(folder, purge=False) == before[axis]
+        assert len([p for p in folder.glob("*tfevents*") if p.stat().st_size]) == 1
 
 
 # -- the pieces ----------------------------------------------------------------------------------
