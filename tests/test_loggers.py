@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_train import tiny
 
+from experiments.progress import run_ids
 from experiments.rundir import write_run
 from moco3.config import ConfigError, to_run_config
 from moco3.job import run_job
@@ -349,3 +350,12 @@ def test_unknown_loggers_are_refused_and_missing_packages_named(monkeypatch, tmp
         cfg = to_run_config(tiny(**{"train.loggers": [name]}))
         with pytest.raises(ImportError, match=rf"pip install 'moco3\[{name}\]'"):
             build_loggers(cfg, tmp_path)
+
+
+def test_status_lists_no_run_inside_a_run_folder(tmp_path):
+    """W&B keeps a config.yaml of its own in <run>/wandb/run-*/files/: not a run."""
+    for folder in ("a/seed=0", "a/seed=0/wandb/run-x/files", "b"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "config.yaml").write_text("seed: 0\n")
+    assert run_ids(tmp_path) == ["a/seed=0", "b"]
+
