@@ -291,9 +291,10 @@ class WandbLogger:
     grows, and a resumed run logs the steps after its checkpoint again (at least once).
 
     W&B writes what it is sent in blocks: a job killed with SIGKILL loses the rows W&B had
-    not written yet, some of them before the checkpoint it resumes from (never logged
-    again). So each job notes in wandb_session.json, until it ends, where it started; the
-    next job finding the note logs the rows the killed one wrote and that stay again.
+    not written yet, some of them at or before the checkpoint it resumes from (so never
+    logged again). Each job therefore notes in wandb_session.json, until it ends, where it
+    started; the next job, finding the note, logs again the rows the killed job wrote that
+    metrics.jsonl keeps.
     """
 
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
