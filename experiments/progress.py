@@ -60,7 +60,11 @@ def run_ids(ablation_dir: Path) -> list[str]:
     """The manifest's runs, then any other run folder (one with a config.yaml)."""
     ids = list(read_manifest(ablation_dir / MANIFEST))
     known = set(ids)
-    for config in sorted(ablation_dir.glob("**/config.yaml")):
+    configs = sorted(ablation_dir.glob("**/config.yaml"))
+    folders = {config.parent for config in configs} - {ablation_dir}
+    for config in configs:
+        if folders.intersection(config.parent.parents):
+            continue  # inside a run folder: W&B's copy (wandb/run-*/files/config.yaml)
         run_id = str(config.parent.relative_to(ablation_dir))
         if run_id not in known and not run_id.startswith("."):
             ids.append(run_id)

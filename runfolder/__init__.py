@@ -8,6 +8,9 @@
       env.json         one provenance record per (re)start of the job, appended
       checkpoints/     last.pt (atomic), epoch_NNNN.pt milestones, probe_last.pt
       logs/            the job's stdout/stderr
+      tensorboard/     (train.loggers only) the rows as TensorBoard events; probe/: the probe's
+      csv/             (train.loggers only) <kind>.csv: the rows of each kind
+      wandb_id         (train.loggers only) the W&B run every restart continues; wandb/: W&B's
     <runs_root>/<ablation>/manifest.jsonl   one line per run: factors, seed, hashes, job ids
 
 `moco3` (the job) writes run folders, `experiments` (the launcher) creates them and reads

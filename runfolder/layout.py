@@ -17,6 +17,12 @@ ENV = "env.json"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 MANIFEST = "manifest.jsonl"  # in the ablation folder, beside the run folders
+# Written only when train.loggers asks for them (moco3/loggers.py):
+TENSORBOARD = "tensorboard"  # event files; probe/ beneath it holds the probe's own axis
+TENSORBOARD_PROBE = "probe"
+CSV = "csv"  # <kind>.csv, one file per row kind
+WANDB_ID = "wandb_id"  # the W&B run id every restart of the job continues
+WANDB_SESSION = "wandb_session.json"  # there while a job logs to W&B: where it started
 
 LAST_CHECKPOINT = "last.pt"
 PROBE_CHECKPOINT = "probe_last.pt"

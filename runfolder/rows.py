@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 COMMON_KEYS = frozenset({"kind", "step", "epoch", "images_seen"})
@@ -91,3 +92,40 @@ def decode_value(key: str, value: Any) -> Any:
 def encode_row(row: dict[str, Any]) -> str:
     """One metrics line (with its newline); `kind` first, as readers' fast path expects."""
     return encode(row) + "\n"
+
+
+def read_rows(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of a metrics.jsonl by the rules above, and what was skipped, in words: a
+    truncated last line (a writer killed mid-line) and lines that are not rows with kind and
+    step are skipped; of rows with the same `dedup_key` (a folder written before rows were
+    exactly once) the last is kept, in its place. Values are decoded (`decode_value`)."""
+    lines = Path(path).read_bytes().split(b"\n")
+    warnings = []
+    tail = lines.pop()  # after the last newline: b"" unless a writer stopped mid-line
+    try:
+        if isinstance(json.loads(tail), dict):
+            lines.append(tail)  # a whole row, only its newline is missing
+    except ValueError:
+        if tail.strip():
+            warnings.append(f"skipped a truncated last line ({len(tail)} bytes)")
+    rows: dict[tuple, dict[str, Any]] = {}
+    bad = repeated = 0
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            bad += bool(line.strip())
+            continue
+        if not isinstance(row, dict) or "kind" not in row or "step" not in row:
+            bad += 1
+            continue
+        row = {key: decode_value(key, value) for key, value in row.items()}
+        key = dedup_key(row)
+        repeated += rows.pop(key, None) is not None
+        rows[key] = row
+    if bad:
+        warnings.append(f"skipped {bad} line(s) that are not rows with kind and step")
+    if repeated:
+        warnings.append(f"{repeated} repeated row(s) of an earlier version's resume; kept the "
+                        "last of each")
+    return list(rows.values()), warnings
