@@ -1,21 +1,35 @@
-"""Throughput of the MoCo v3 training step: ours vs a plain eager fp32 step, in one run.
+"""Throughput of the MoCo v3 training step: moco3's against the official step's, in one run.
 
-    python benchmarks/train_step.py                       # tiny ViT at 32 px, CPU
+    python benchmarks/train_step.py            # ViT 192 wide, 6 blocks, patch 4 @ 32 px, heads
+                                               # 4096/256, batch 64: the CPU comparison
+    python benchmarks/train_step.py --arch vit_small --depth 12 --img-size 224 \
+        --patch-size 16 --batch 8              # ViT-S/16 @ 224 px
     python benchmarks/train_step.py --arch vit_base --img-size 224 --patch-size 16 \
-        --batch 128 --precision bf16 --compile            # on a GPU
+        --batch 128 --compile                  # on a GPU: also the model FLOP utilisation
 
-The baseline reproduces the official step's cost structure on the same model: each view
-through the backbone separately, fp32, explicit attention (timm 0.4.9, which the official
-code pins), the momentum update as a Python loop over parameters, AdamW without fused
-kernels. Ours: both views through the ViT backbone as one
-batch of 2B, bf16 autocast, one fused lerp for the momentum update, fused AdamW, optionally
-torch.compile. Both compute the same loss. The ratio of images/s is the figure; on CUDA the
-model FLOP utilisation (FLOPs counted by torch's FlopCounterMode) is printed too.
+Three rows, measured in alternating rounds in one process (a machine that is busy for a
+moment slows all of them alike):
+
+* official: the official main_moco.py step on the same model - each view through the
+  encoder on its own, the momentum update as a Python loop over parameters, the
+  contrastive loss per direction, AdamW's per-parameter loop (what torch.optim.AdamW runs on
+  CPU tensors by default), fp32 - with the attention kernel of current timm (fused
+  scaled_dot_product_attention), which is what the official code runs in a current
+  environment. Its speed was checked against the real official code (facebookresearch/
+  moco-v3, its own MoCo_ViT and VisionTransformerMoCo) on the same machine: see the README;
+* moco3 fp32: the step the training job runs (moco3/step.py, moco3.train's attention
+  choice) at the same precision - what the levers that keep the math identical give alone;
+* moco3 at the default precision (`train.precision: auto`): printed when it differs from
+  fp32 (bf16 on CUDA and on CPUs with AVX-512 BF16 / AMX).
+
+The header names the CPU (model and instruction-set kind) or GPU and the precision `auto`
+resolves to here. Ratios are images/s against the official row.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 
@@ -24,6 +38,10 @@ import torch
 from moco3.model import MoCo, build_model
 from moco3.negatives import build_negatives
 from moco3.optim import build_optimizer
+from moco3.precision import autocast_dtype, cpu_kind, resolve_precision
+from moco3.provenance import cpu_model
+from moco3.step import MocoStep
+from moco3.train import fused_attention_is_faster
 
 # Dense bf16 peak of common cards (TFLOP/s), for the utilisation figure.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0,
@@ -34,6 +52,7 @@ def make_model(args: argparse.Namespace, device: torch.device) -> MoCo:
     overrides = {"img_size": args.img_size, "patch_size": args.patch_size}
     if args.depth:
         overrides["depth"] = args.depth
+    torch.manual_seed(0)
     return build_model(args.arch, dim=args.dim, mlp_dim=args.mlp_dim, **overrides).to(device)
 
 
@@ -44,7 +63,7 @@ def set_fused_attention(model: MoCo, enabled: bool) -> None:
 
 
 def official_like_step(model: MoCo, opt: torch.optim.Optimizer, neg, x1, x2, m: float):
-    """The baseline: per-view backbone, fp32, Python-loop EMA (as the official code)."""
+    """The official step's structure: per-view encoder, Python-loop momentum update."""
     model.batch_views = False
     q1, q2, _, _ = model(x1, x2)
     with torch.no_grad():
@@ -59,34 +78,35 @@ def official_like_step(model: MoCo, opt: torch.optim.Optimizer, neg, x1, x2, m: 
     return loss
 
 
-def our_step(model: MoCo, opt: torch.optim.Optimizer, neg, x1, x2, m: float,
-             dtype: torch.dtype | None, device: torch.device):
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        q1, q2, _, _ = model(x1, x2)
-        model.update_momentum_encoder(m)
-        k1, k2 = model.forward_keys(x1, x2)
-    loss = neg.loss(q1.float(), k2.float(), None) + neg.loss(q2.float(), k1.float(), None)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss
-
-
 def measure(step: Callable[[], torch.Tensor], warmup: int, iters: int,
             device: torch.device) -> float:
     """Seconds per step (median of `iters` after `warmup`)."""
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(timed(step, device) for _ in range(iters))
+
+
+def timed(step: Callable[[], torch.Tensor], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def interleaved(steps: dict[str, Callable[[], torch.Tensor]], warmup: int, rounds: int,
+                device: torch.device) -> dict[str, float]:
+    """Median seconds per step of each, measured in alternating rounds."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name].append(timed(step, device))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def step_flops(step: Callable[[], torch.Tensor]) -> float:
@@ -106,6 +126,37 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def ours(args: argparse.Namespace, device: torch.device, precision: str
+         ) -> Callable[[], torch.Tensor]:
+    """moco3's step, as the training job builds it, at `precision`."""
+    model = make_model(args, device)
+    set_fused_attention(model, fused_attention_is_faster(device, precision))
+    neg = build_negatives("in_batch", dim=args.dim, tau=0.2)
+    opt = build_optimizer("adamw", model.named_parameters(), lr=1e-4, weight_decay=0.1)
+    net = torch.compile(model) if args.compile else model
+    dtype = autocast_dtype(precision)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    step = MocoStep(net, model, neg, opt, dtype, scaler)
+    x1, x2 = inputs(args, device)
+    return lambda: step(x1, x2, None, 0.99)[0]
+
+
+def official(args: argparse.Namespace, device: torch.device) -> Callable[[], torch.Tensor]:
+    model = make_model(args, device)
+    set_fused_attention(model, True)  # current timm's attention, as the official code gets
+    neg = build_negatives("in_batch", dim=args.dim, tau=0.2)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                            weight_decay=0.1, foreach=device.type == "cuda")
+    x1, x2 = inputs(args, device)
+    return lambda: official_like_step(model, opt, neg, x1, x2, 0.99)
+
+
+def inputs(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x1 = torch.randn(args.batch, 3, args.img_size, args.img_size, generator=g)
+    return x1.to(device), torch.randn(x1.shape, generator=g).to(device)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="vit_tiny")
@@ -115,66 +166,46 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--mlp-dim", type=int, default=4096, help="head width (official 4096)")
     p.add_argument("--batch", type=int, default=64, help="per-device batch")
-    p.add_argument("--precision", choices=("bf16", "fp32", "fp16"), default="bf16")
-    p.add_argument("--compile", action="store_true", help="torch.compile our model")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32", "fp16"), default="auto",
+                   help="moco3's precision beside fp32 (default: what auto picks here)")
+    p.add_argument("--compile", action="store_true", help="torch.compile moco3's model")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    torch.manual_seed(0)
-    x1 = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device)
-    x2 = torch.randn_like(x1)
-    neg = build_negatives("in_batch", dim=args.dim, tau=0.2)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device {name}, {torch.get_num_threads()} threads; {args.arch} depth {args.depth} "
-          f"{args.img_size}px/{args.patch_size}, heads {args.mlp_dim}, batch {args.batch}")
+    precision = resolve_precision(args.precision, device)
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{cpu_model()} ({cpu_kind()}), {torch.get_num_threads()} threads")
+    print(f"{where}; torch {torch.__version__}")
+    print(f"{args.arch} depth {args.depth} {args.img_size}px/{args.patch_size}, heads "
+          f"{args.mlp_dim}/{args.dim}, batch {args.batch}; precision auto -> "
+          f"{resolve_precision('auto', device)} here; attention: "
+          + ("fused" if fused_attention_is_faster(device, precision) else "explicit"))
 
-    results = {}
-    if not args.skip_baseline:
-        base = make_model(args, device)
-        # The official code pins timm 0.4.9, whose Attention is explicit softmax(q k^T) v.
-        set_fused_attention(base, False)
-        base_opt = torch.optim.AdamW([p for p in base.parameters() if p.requires_grad],
-                                     lr=1e-4, weight_decay=0.1, foreach=False)
-        sec = measure(lambda: official_like_step(base, base_opt, neg, x1, x2, 0.99),
-                      args.warmup, args.iters, device)
-        results["baseline eager fp32 (official-like)"] = sec
-        del base, base_opt
-    ours = make_model(args, device)
-    set_fused_attention(ours, device.type == "cuda")  # as moco3.train does
-    opt = build_optimizer("adamw", ours.named_parameters(), lr=1e-4, weight_decay=0.1)
-    if args.compile:
-        ours.compile()  # in place: forward and forward_keys' submodules stay the same objects
+    steps = {"official step, fp32": official(args, device), "moco3, fp32": ours(args, device,
+                                                                              "fp32")}
+    if precision != "fp32" or args.compile:
+        steps[f"moco3, {precision}{' compiled' if args.compile else ''}"] = ours(
+            args, device, precision)
+    first = {name: timed(step, device) for name, step in steps.items()}  # incl. compile
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    def step() -> torch.Tensor:
-        return our_step(ours, opt, neg, x1, x2, 0.99, dtype, device)
-
-    if dtype is not None and not args.skip_baseline:
-        # The same precision as the baseline: what the levers that keep the math give alone.
-        results["ours fp32"] = measure(
-            lambda: our_step(ours, opt, neg, x1, x2, 0.99, None, device),
-            args.warmup, args.iters, device)
-    t0 = time.perf_counter()
-    step()
-    first = time.perf_counter() - t0
-    sec = measure(step, args.warmup, args.iters, device)
-    results[f"ours {args.precision}{' compiled' if args.compile else ''}"] = sec
-    baseline = results.get("baseline eager fp32 (official-like)")
-    for label, s in results.items():
-        ratio = f"  x{baseline / s:.2f}" if baseline else ""
-        print(f"{label:40s} {s * 1e3:9.1f} ms/step {args.batch / s:9.1f} img/s{ratio}")
-    print(f"first step (incl. compile) {first:.1f} s; peak memory {peak_memory_mb(device):.0f} MB")
+    seconds = interleaved(steps, args.warmup, args.rounds, device)
+    baseline = seconds["official step, fp32"]
+    print(f"{'step':32s} {'ms/step':>9s} {'img/s':>8s} {'vs official':>12s}")
+    for name, sec in seconds.items():
+        print(f"{name:32s} {sec * 1e3:9.1f} {args.batch / sec:8.1f} {baseline / sec:11.2f}x")
+    slowest = max(first, key=first.get)
+    print(f"first step (incl. compile): {first[slowest]:.1f} s ({slowest}); peak memory "
+          f"{peak_memory_mb(device):.0f} MB")
     if device.type == "cuda":
-        flops = step_flops(step)
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-        achieved = flops / sec / 1e12
+        last = list(steps.values())[-1]
+        flops = step_flops(last)
+        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in where), None)
+        achieved = flops / seconds[list(steps)[-1]] / 1e12
         util = f", {100 * achieved / peak:.1f} % of the {peak:.0f} TFLOP/s bf16 peak" if peak \
             else ""
         print(f"model FLOPs/step {flops / 1e12:.2f} TFLOP -> {achieved:.1f} TFLOP/s{util}")

@@ -70,7 +70,8 @@ class Prober:
         self.device = pick_device(cfg.train.device)
         self.amp_dtype = autocast_dtype(resolve_precision(cfg.probe.precision, self.device))
         self.model = build_moco(cfg, global_bn=False).to(self.device)
-        use_fused_attention(self.model, self.device)
+        use_fused_attention(self.model, self.device,
+                            resolve_precision(cfg.probe.precision, self.device))
         found = ckpt.last_path(self.run_dir)
         if not found.exists():
             raise ConfigError(f"no pre-training checkpoint at {found}; run train() first.")

@@ -48,7 +48,7 @@ def environment_record(world_size: int) -> dict[str, Any]:
         "gpu_model": torch.cuda.get_device_name(0) if cuda else None,
         "gpu_count": torch.cuda.device_count() if cuda else 0,
         "cpu_capability": cpu_kind(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_cores": len(os.sched_getaffinity(0)),
         "world_size": world_size,
         **git_state(Path(__file__).resolve().parent),
@@ -57,7 +57,8 @@ def environment_record(world_size: int) -> dict[str, Any]:
     return record
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for every speed figure."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

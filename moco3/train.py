@@ -82,11 +82,22 @@ def eval_transform(cfg: DictConfig) -> EvalTransform:
     return EvalTransform(cfg.model.img_size, eval_crop_fraction(cfg.data.name, cfg.data.eval_crop))
 
 
-def use_fused_attention(model: nn.Module, device: torch.device) -> None:
-    """Fused attention on GPUs, explicit matmuls on CPU (faster there; the same math)."""
+def fused_attention_is_faster(device: torch.device, precision: str) -> bool:
+    """Which attention kernel a run uses: the same math, chosen by measurement
+    (benchmarks/train_step.py). Fused (scaled_dot_product_attention) on GPUs, and on CPUs
+    in fp32, where torch's CPU flash kernel beat the explicit softmax(q k^T) v by 5-10 % on
+    an AVX2 EPYC; explicit on CPUs in bf16, where the flash kernel was the slower one (an
+    AVX-512 BF16 Xeon: a bf16 step 1.19 s fused vs 0.91 s explicit)."""
+    return device.type == "cuda" or precision == "fp32"
+
+
+def use_fused_attention(model: nn.Module, device: torch.device, precision: str = "fp32"
+                        ) -> None:
+    """Set every attention layer of `model` to the kernel that is faster here."""
+    fused = fused_attention_is_faster(device, precision)
     for module in model.modules():
         if hasattr(module, "set_fused_attention"):
-            module.set_fused_attention(device.type == "cuda")
+            module.set_fused_attention(fused)
 
 
 def _peak_mem_mb(device: torch.device) -> float:
@@ -168,7 +179,7 @@ class Trainer:
         random.seed(cfg.seed)
         self._build_data()
         self.model = build_moco(cfg, global_bn=self.world > 1).to(self.device)
-        use_fused_attention(self.model, self.device)
+        use_fused_attention(self.model, self.device, self.precision)
         if self.world > 1 and self.device.type == "cuda":
             # Official: SyncBN everywhere under DDP (the R50 and conv-stem backbones). On CPU
             # torch's SyncBatchNorm refuses to run; there the heads use GlobalBatchNorm1d and

@@ -207,12 +207,9 @@ class VisionTransformer(nn.Module):
         return x[:, 0] if self.pooling == "cls" else x.mean(dim=1)
 
     def set_fused_attention(self, enabled: bool) -> None:
-        """F.scaled_dot_product_attention (True) or timm's explicit softmax(q k^T) v (False).
-
-        The same math. Fused is the choice on GPUs (flash kernels, less memory); on CPU, at
-        the short sequences of small images, torch's CPU flash kernel is slower than the
-        explicit matmuls (measured here: a bf16 step 1.19 s fused vs 0.91 s explicit).
-        """
+        """F.scaled_dot_product_attention (True) or timm's explicit softmax(q k^T) v (False):
+        the same math; which one is faster depends on the device and the precision
+        (moco3.train.fused_attention_is_faster)."""
         for blk in self.blocks:
             blk.attn.fused_attn = enabled
 
