@@ -1,0 +1,477 @@
+"""Read one run folder (config.yaml, status.json, summary.json, metrics.jsonl) tolerantly.
+
+Everything here takes the path of one run folder and returns plain Python data plus a list
+of warning strings; nothing raises on bad content. Rules of the run-folder contract
+(the ``runfolder`` package):
+
+* metrics.jsonl holds every step's rows exactly once (``runfolder.rows``). Run folders
+  written before that rule may repeat steps after a resume: readers keep the LAST row for
+  each key (``runfolder.rows.dedup_key``) and say, per run, that they had to.
+* a truncated last line (a run being written, or killed mid-write) is skipped and reported;
+  so is any other line that is not a JSON object with ``kind`` and ``step``.
+* train rows are by far the most numerous (one per logged step) and most reports only need
+  the evaluation rows, so ``scan_metrics`` parses the knn/probe/event rows and only counts
+  the train rows; ``load_train_rows`` parses those when they are wanted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from analysis.reference import normalize_label
+from analysis.summarize import first_layer_group, from_eval_rows
+from runfolder import layout
+from runfolder.atomic import read_json_list
+from runfolder.rows import KEYS, decode_value, dedup_key
+from runfolder.states import STATES
+
+RUN_FILES = (layout.CONFIG, layout.STATUS, layout.SUMMARY, layout.METRICS, layout.ENV)
+
+KNOWN_KEYS = KEYS
+STATUS_KEYS = {
+    "state", "step", "total_steps", "job_id", "host", "started", "updated", "error", "phase",
+    "precision", "threads", "config_sha256",
+}
+SUMMARY_KEYS = {
+    "state", "step", "knn_top1", "knn_top1_max", "linear_top1", "num_knn_dips", "max_knn_dip",
+    "num_spikes_first", "num_spikes_last", "diverged_step", "final_loss", "train_seconds",
+    "knn_top1_pixels", "precision", "threads",
+}
+# Also written by moco3 (train.py's and probe.py's summaries); known, not in the runs table.
+SUMMARY_EXTRA_KEYS = {"total_steps", "spikes_by_group", "config_hash", "linear_top1_last"}
+# moco3 writes non-finite floats as strings (runfolder.rows); Python's json writes NaN.
+_NON_FINITE_BYTES = (b'"nan"', b'"inf"', b'"-inf"', b"NaN", b"Infinity")
+
+# A metrics line is a train row when it contains one of these (json.dumps spacing, or
+# compact). Inside a JSON string the quotes would be escaped, so this cannot match a value.
+_TRAIN_MARKERS = (b'"kind": "train"', b'"kind":"train"')
+_TRAIN_PREFIXES = tuple(b"{" + marker for marker in _TRAIN_MARKERS)
+
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # same safe subset, in C
+
+
+def load_yaml(path: Path) -> Any:
+    """yaml.safe_load with the C loader when PyYAML has it (same safety, ~10x faster)."""
+    with open(path, "rb") as f:
+        return yaml.load(f, Loader=_SafeLoader)  # noqa: S506 -- a SafeLoader
+
+
+def read_json_file(path: Path, warnings: list[str]) -> dict | None:
+    """A JSON object from ``path``; None (and a warning) when missing or unreadable."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        warnings.append(f"{path.name}: cannot be read ({exc.strerror}); ignored")
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        warnings.append(f"{path.name}: not valid JSON (written while being read?); ignored")
+        return None
+    if not isinstance(value, dict):
+        warnings.append(f"{path.name}: not a JSON object; ignored")
+        return None
+    return value
+
+
+@dataclass
+class MetricsScan:
+    """The evaluation rows of a metrics.jsonl and what is known of its train rows."""
+
+    eval_rows: list[dict] = field(default_factory=list)  # knn/probe/event/other, deduplicated
+    num_train_rows: int = 0  # train lines (before deduplication)
+    last_train: dict | None = None  # the last train row in the file
+    train_needs_slow_parse: bool = False  # some train line is not in the fast-path format
+    warnings: list[str] = field(default_factory=list)
+
+
+def _split_complete(data: bytes, path: Path, warnings: list[str]) -> tuple[bytes, bytes | None]:
+    """(complete lines, a final line without newline that is still a whole JSON object)."""
+    if not data or data.endswith(b"\n"):
+        return data, None
+    cut = data.rfind(b"\n") + 1
+    tail = data[cut:]
+    try:
+        if isinstance(json.loads(tail), dict):
+            return data[:cut], tail  # whole record, only its newline is missing
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    if tail.strip():
+        warnings.append(
+            f"{path.name}: skipped a truncated last line ({len(tail)} bytes; run still writing?)"
+        )
+    return data[:cut], None
+
+
+def _parse_row(line: bytes, number: int, bad: list[int]) -> dict | None:
+    """The JSON object of one metrics line; None (and its number in ``bad``) if it is not a
+    row with kind and step."""
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        bad.append(number)
+        return None
+    if not isinstance(row, dict) or "kind" not in row or "step" not in row:
+        bad.append(number)
+        return None
+    for key, value in row.items():
+        row[key] = decode_value(key, value)
+    return row
+
+
+def _classify(body: bytes) -> tuple[list[tuple[int, bytes]], int, bytes | None]:
+    """(lines that are not plainly train rows, with their line numbers; number of train
+    lines; the last train line).
+
+    A line starting with ``{"kind": "train"`` (how json.dumps writes a row whose first key
+    is kind) is a train row without parsing it; every other line is parsed by the caller,
+    so a writer with another key order is still read right, only slower.
+    """
+    lines = body.split(b"\n")
+    prefixes = _TRAIN_PREFIXES
+    other = [(number, line) for number, line in enumerate(lines, start=1)
+             if not line.startswith(prefixes)]
+    num_train = len(lines) - len(other)
+    other = [(number, line) for number, line in other if line.strip()]
+    last = next((line for line in reversed(lines) if line.startswith(prefixes)), None)
+    return other, num_train, last
+
+
+def scan_metrics(path: Path) -> MetricsScan:
+    """Parse the non-train rows of ``path`` and count its train rows (see module doc)."""
+    scan = MetricsScan()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return scan
+    except OSError as exc:
+        scan.warnings.append(f"{path.name}: cannot be read ({exc.strerror}); ignored")
+        return scan
+    body, tail = _split_complete(data, path, scan.warnings)
+    if tail is not None:
+        body += tail + b"\n"
+    other, scan.num_train_rows, last_train_line = _classify(body)
+
+    rows: dict[tuple, dict] = {}
+    bad: list[int] = []
+    repeated = 0
+    for number, line in other:
+        row = _parse_row(line, number, bad)
+        if row is None:
+            continue
+        if row["kind"] == "train":  # a train row in another spelling than json.dumps'
+            scan.num_train_rows += 1
+            scan.train_needs_slow_parse = True
+            last_train_line = line
+            continue
+        key = dedup_key(row)
+        repeated += key in rows
+        rows[key] = row
+    if last_train_line is not None:
+        scan.last_train = _parse_row(last_train_line, 0, [])
+    if bad:
+        shown = ", ".join(str(n) for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        scan.warnings.append(
+            f"{path.name}: skipped {len(bad)} line(s) that are not JSON rows with kind and step "
+            f"(line {shown})"
+        )
+    if repeated:
+        scan.warnings.append(f"{path.name}: {repeated} repeated row(s) of an earlier writer's "
+                             "resume; kept the last of each")
+    scan.eval_rows = sorted(rows.values(), key=_step_order)
+    unknown_kinds = sorted({str(r["kind"]) for r in scan.eval_rows} - set(KNOWN_KEYS))
+    if unknown_kinds:
+        scan.warnings.append(f"{path.name}: rows of unknown kind {', '.join(unknown_kinds)}; kept")
+    extra = _unknown_keys(scan.eval_rows + ([scan.last_train] if scan.last_train else []))
+    if extra:
+        scan.warnings.append(f"{path.name}: unknown keys {extra}; kept as columns")
+    return scan
+
+
+def _step_order(row: dict) -> tuple:
+    step = row.get("step")
+    return (step if isinstance(step, int | float) else math.inf, str(row.get("kind")))
+
+
+def _unknown_keys(rows: list[dict]) -> str:
+    """Describe keys outside the contract, per kind, e.g. "knn_top5 (knn)"."""
+    found: dict[str, set[str]] = {}
+    for row in rows:
+        known = KNOWN_KEYS.get(str(row.get("kind")))
+        if known is None:
+            continue
+        for key in row.keys() - known:
+            found.setdefault(key, set()).add(str(row["kind"]))
+    return ", ".join(f"{k} ({'/'.join(sorted(v))})" for k, v in sorted(found.items()))
+
+
+def load_train_rows(path: Path, force_slow: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """All train rows of ``path`` as a DataFrame sorted by step, last row per step kept.
+
+    Fast path: the train lines go to pyarrow's JSON reader. Files with non-finite values
+    (moco3.runlog writes them as "nan"/"inf" strings, Python's json as NaN/Infinity), type
+    changes between rows or train rows in another spelling take the json-module path.
+    """
+    warnings: list[str] = []
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return pd.DataFrame({"step": pd.Series(dtype="int64")}), warnings
+    body, tail = _split_complete(data, path, warnings)
+    if tail is not None:
+        body = body + tail + b"\n"
+    frame = None
+    if not force_slow and not any(token in body for token in _NON_FINITE_BYTES):
+        train = b"\n".join(line for line in body.split(b"\n")
+                            if line.startswith(_TRAIN_PREFIXES))
+        frame = _arrow_frame(train)
+    if frame is None:
+        frame = _python_frame(body, path, warnings)
+    if "step" not in frame.columns:
+        frame["step"] = pd.Series(dtype="int64")
+    frame = frame.drop(columns=["kind"], errors="ignore")
+    for column in frame.columns:
+        if frame[column].dtype == object and frame[column].isna().all():
+            frame[column] = frame[column].astype("float64")  # never logged, e.g. frozen layer
+    before = len(frame)
+    frame = frame.drop_duplicates(subset=["step"], keep="last").sort_values("step", kind="stable")
+    if len(frame) < before:
+        warnings.append(f"{path.name}: {before - len(frame)} repeated train row(s) of an earlier "
+                        "writer's resume; kept the last of each")
+    return frame.reset_index(drop=True), warnings
+
+
+def _arrow_frame(train: bytes) -> pd.DataFrame | None:
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    if not train:
+        return pd.DataFrame()
+    try:
+        table = pj.read_json(
+            io.BytesIO(train),
+            read_options=pj.ReadOptions(use_threads=False, block_size=max(1 << 20, len(train))),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    # Nested values (an unknown key holding a list/dict) do not fit the cache's flat columns.
+    if any(pa.types.is_nested(t) for t in table.schema.types):
+        return None
+    # A column that is null in every row (a frozen patch projection has no gradient norm)
+    # is read as Arrow's null type; make it a float column like the others.
+    for i, column in enumerate(table.schema):
+        if pa.types.is_null(column.type):
+            table = table.set_column(i, column.name, table.column(i).cast(pa.float64()))
+    return table.to_pandas()
+
+
+def _python_frame(body: bytes, path: Path, warnings: list[str]) -> pd.DataFrame:
+    rows = []
+    bad: list[int] = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        if b"train" not in line:  # cheap pre-filter; the parsed kind decides
+            continue
+        row = _parse_row(line, number, bad)
+        if row is not None and row["kind"] == "train":
+            rows.append({k: _flat(v) for k, v in row.items()})
+    if bad:
+        shown = ", ".join(str(n) for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        warnings.append(f"{path.name}: skipped {len(bad)} corrupt train line(s) (line {shown})")
+    return pd.DataFrame.from_records(rows)
+
+
+def _flat(value: Any) -> Any:
+    """Scalars as they are; lists/dicts (unknown keys) as JSON text so columns stay flat."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+@dataclass
+class RunData:
+    """One run folder, read: its runs-table record, evaluation rows and warnings."""
+
+    record: dict
+    eval_rows: list[dict]
+    warnings: list[str]  # "<file>: <message>", relative to the run folder
+    train: pd.DataFrame | None = None  # train rows, when they had to be parsed
+
+
+def _get(mapping: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(mapping, dict):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def _identity_from_path(relpath: str) -> tuple[str, str, dict[str, str], int | None]:
+    """(ablation, run_id, factors, seed) from "<ablation>/<k=v,...>/seed=N"."""
+    parts = relpath.split("/")
+    ablation, run_id = parts[0], "/".join(parts[1:])
+    factors: dict[str, str] = {}
+    seed = None
+    for part in parts[1:]:
+        if part.startswith("seed=") and part[5:].lstrip("-").isdigit():
+            seed = int(part[5:])
+        elif part != "baseline":
+            for item in part.split(","):
+                name, sep, label = item.partition("=")
+                if sep:
+                    factors[name] = label
+    return ablation, run_id, factors, seed
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def provenance(records: list[dict]) -> dict[str, Any]:
+    """What produced a run, from its env.json (one record per start): the values of every
+    start joined with " / " when they changed (a run resumed elsewhere shows both)."""
+    def values(*keys: str) -> str | None:
+        seen: list[str] = []
+        for r in records:
+            value = next((r.get(k) for k in keys if r.get(k)), None)
+            if value is not None and str(value) not in seen:
+                seen.append(str(value))
+        return " / ".join(seen) or None
+
+    for r in records:
+        if r.get("git_commit"):
+            r["_commit"] = r["git_commit"][:10] + ("+dirty" if r.get("git_dirty") else "")
+    return {"env.torch": values("torch_version"), "env.device": values("gpu_model",
+                                                                       "cpu_capability"),
+            "env.commit": values("_commit"), "env.starts": len(records) or None}
+
+
+def read_run(run_dir: Path, relpath: str) -> RunData:
+    """Read the run folder ``run_dir`` (``relpath`` = its path below the runs root)."""
+    warnings: list[str] = []
+    config = None
+    config_path = run_dir / "config.yaml"
+    if config_path.exists():
+        try:
+            config = load_yaml(config_path)
+        except (yaml.YAMLError, OSError) as exc:
+            warnings.append(f"config.yaml: unreadable ({type(exc).__name__}); ignored")
+        if config is not None and not isinstance(config, dict):
+            warnings.append("config.yaml: not a mapping; ignored")
+            config = None
+    meta = _get(config, "meta") or {}
+    ablation, run_id, path_factors, path_seed = _identity_from_path(relpath)
+    if not meta:
+        warnings.append(
+            "config.yaml: no meta section; ablation, factors and seed taken from the folder path"
+            if config is not None
+            else "config.yaml: missing; ablation, factors and seed taken from the folder path"
+        )
+    factors = meta.get("factors")
+    if isinstance(factors, dict):
+        # YAML may have turned a label into a number or bool (lr: 1.5e-4 -> 0.00015); the
+        # run_id keeps the launcher's spelling, so use it when it means the same value.
+        id_factors = _identity_from_path(f"{ablation}/{meta.get('run_id') or run_id}")[2]
+        factors = {
+            str(k): id_factors[str(k)] if not isinstance(v, str) and str(k) in id_factors
+            and normalize_label(id_factors[str(k)]) == normalize_label(v) else str(v)
+            for k, v in factors.items()
+        }
+    else:
+        factors = path_factors
+    if meta.get("ablation") not in (None, ablation):
+        warnings.append(
+            f"config.yaml: meta.ablation {meta['ablation']!r} differs from the folder "
+            f"{ablation!r}; using meta"
+        )
+    seed = _as_int(meta.get("seed"))
+    record: dict[str, Any] = {
+        "ablation": str(meta.get("ablation") or ablation),
+        "run_id": str(meta.get("run_id") or run_id),
+        "factors": factors,
+        "seed": seed if seed is not None else path_seed,
+        "scale": meta.get("scale"),
+        "config_hash": meta.get("config_hash"),
+        "cfg.epochs": _get(config, "train", "epochs"),
+        "cfg.dataset": _get(config, "data", "name"),
+        "cfg.arch": _get(config, "model", "arch"),
+    }
+
+    record.update(provenance(read_json_list(run_dir / layout.ENV)))
+    status = read_json_file(run_dir / "status.json", warnings)
+    summary = read_json_file(run_dir / "summary.json", warnings)
+    for name, content, known in (("status.json", status, STATUS_KEYS),
+                                 ("summary.json", summary,
+                                  SUMMARY_KEYS | SUMMARY_EXTRA_KEYS)):
+        extra = sorted(set(content or {}) - known)
+        if extra:
+            warnings.append(f"{name}: unknown keys {', '.join(extra)}; ignored")
+
+    scan = scan_metrics(run_dir / "metrics.jsonl")
+    warnings.extend(scan.warnings)
+    last_row = scan.last_train or (scan.eval_rows[-1] if scan.eval_rows else {})
+
+    state = _get(status, "state") or _get(summary, "state") or "unknown"
+    if state not in STATES:
+        warnings.append(f"status.json: unknown state {state!r}")
+    if status is None:
+        warnings.append(
+            "status.json: missing; state taken from summary.json"
+            if summary is not None and summary.get("state")
+            else "status.json: missing; state unknown"
+        )
+    steps = [_as_int(_get(status, "step")), _as_int(_get(summary, "step")),
+             _as_int(last_row.get("step"))]
+    record.update(
+        state=str(state),
+        step=next((s for s in steps if s is not None), None),
+        total_steps=_as_int(_get(status, "total_steps")),
+        epoch=last_row.get("epoch"),
+        images_seen=last_row.get("images_seen"),
+        job_id=None if _get(status, "job_id") is None else str(status["job_id"]),
+        error=_get(status, "error"),
+        phase=_get(status, "phase"),
+        updated=_get(status, "updated"),
+        has_summary=summary is not None,
+        num_metrics_rows=scan.num_train_rows + len(scan.eval_rows),
+    )
+
+    derived = from_eval_rows(scan.eval_rows, first_layer_group(config))
+    derived["final_loss"] = (scan.last_train or {}).get("loss")
+    values = {key: _get(summary, key) for key in SUMMARY_KEYS - {"state", "step"}}
+    train = None
+    filled = []
+    for key, value in values.items():
+        if value is None and derived.get(key) is not None:
+            values[key] = derived[key]
+            filled.append(key)
+    for key in ("precision", "threads"):  # the job writes both when it starts
+        if values.get(key) is None:
+            values[key] = _get(status, key)
+    if values.get("diverged_step") is None and state == "diverged":
+        values["diverged_step"] = record["step"]
+    record.update(values)
+    record["summary_source"] = (
+        "metrics.jsonl" if summary is None else
+        ("summary.json+metrics.jsonl" if filled else "summary.json")
+    )
+    if summary is None and scan.num_train_rows + len(scan.eval_rows):
+        reason = "run in progress" if state in ("running", "preempted") else f"state {state}"
+        warnings.append(f"summary.json: missing ({reason}); numbers derived from metrics.jsonl")
+    elif summary is None and state not in ("pending", "unknown"):
+        warnings.append(f"metrics.jsonl: missing or empty (state {state}); no numbers")
+    return RunData(record=record, eval_rows=scan.eval_rows, warnings=warnings, train=train)

@@ -1,0 +1,67 @@
+"""The job of one run as a submitit callable, and as a command for the local pool.
+
+    python -m experiments.job RUN_DIR [--config-sha256 HEX] [--threads N]
+
+Both run `moco3.job.run_job`: pre-train (resuming from the run folder's checkpoints), then
+the linear probe, every failure recorded in the run folder. `checkpoint()` - submitit's
+hook, called inside the signal handler on global rank 0 - only hands back the
+resubmission: the training loop itself checkpoints on the signal, and the hook must not
+save or call collectives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+import submitit
+
+
+class RunJob:
+    """Pre-train the run in `run_dir` (resuming if it can) and probe it when it is done.
+    `config_sha256`: the config.yaml the launcher wrote; `threads`: torch threads for a CPU
+    run (a resumed run keeps the count it started with)."""
+
+    def __init__(self, run_dir: str | Path, config_sha256: str | None = None,
+                 threads: int | None = None) -> None:
+        self.run_dir = str(Path(run_dir).resolve())
+        self.config_sha256 = config_sha256
+        self.threads = threads
+
+    def __call__(self) -> str:
+        from moco3.job import run_job  # the launcher pickles this object without torch
+
+        return run_job(self.run_dir, self.config_sha256, self.threads)
+
+    def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
+        """Requeue the same job; it resumes from the checkpoint train saved on the signal."""
+        return submitit.helpers.DelayedSubmission(
+            RunJob(self.run_dir, self.config_sha256, self.threads))
+
+    def __repr__(self) -> str:
+        return f"RunJob({self.run_dir!r})"
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.job",
+                                description="Run one run folder's job here.")
+    p.add_argument("run_dir")
+    p.add_argument("--config-sha256", default=None,
+                   help="sha256 of the config.yaml the launcher wrote (refuse an edited one)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of a CPU run")
+    args = p.parse_args(argv)
+    try:
+        state = RunJob(args.run_dir, args.config_sha256, args.threads)()
+    except Exception as err:  # recorded in the run folder; the traceback goes to this log
+        from moco3.job import error_sentence
+
+        traceback.print_exc()
+        print(f"job failed: {error_sentence(err)}", file=sys.stderr)
+        return 1
+    return 0 if state in ("done", "diverged") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

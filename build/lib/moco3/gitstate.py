@@ -1,0 +1,26 @@
+"""The commit of the checkout moco3 runs from, for provenance (torch-free: the launcher
+asks it too, to tell whether the code changed since a run failed)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def git_state(folder: Path) -> dict[str, Any]:
+    """{"git_commit", "git_dirty"} of the git checkout holding `folder` (dirty: uncommitted
+    changes to tracked files); empty when it is not in a checkout or git is missing."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
+                                  text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    return {"git_commit": commit,
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}

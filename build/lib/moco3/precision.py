@@ -1,0 +1,62 @@
+"""Which numeric precision a run trains in: `train.precision: auto` resolved per hardware.
+
+auto picks the fastest precision that keeps the official recipe's accuracy:
+* CUDA: bf16 autocast where the device supports bf16 (Ampere and later), else fp16 with a
+  gradient scaler (V100, T4).
+* CPU: bf16 only where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), where it is
+  about 2x fp32; elsewhere fp32. On AVX2-only CPUs bf16 matrix multiplies are emulated and
+  10-70x SLOWER than fp32, so bf16 there would turn a minutes-long run into hours.
+
+The rule reads the CPU's instruction-set flags rather than timing a probe: a run's precision
+must not depend on how loaded the machine happened to be when it started. The resolved
+precision is recorded in the run folder (status.json, summary.json and every checkpoint) and
+a resumed run keeps it, so a job requeued onto another kind of node never switches
+precision mid-run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moco3.config import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # what `auto` resolves to
+REQUESTABLE = ("auto", *PRECISIONS)
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
+}
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def cpu_kind() -> str:
+    """A short name for the CPU class that decides speed: 'AVX512_BF16', 'AMX' or torch's
+    capability string ('AVX2', 'AVX512', ...)."""
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "AVX512_BF16"
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """`requested` (auto | fp32 | bf16 | fp16) -> the precision to train in on `device`."""
+    if requested not in REQUESTABLE:
+        raise ConfigError(f"precision {requested!r} is not valid; choose one of "
+                             f"{list(REQUESTABLE)}.")
+    if requested == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device; use auto, bf16 or fp32 on "
+                             "CPU.")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved precision (None: plain fp32)."""
+    return AUTOCAST_DTYPES[precision]

@@ -1,0 +1,27 @@
+"""The run-folder contract: the only thing the three layers share.
+
+    <runs_root>/<ablation>/<run_id>/        run_id e.g. patch_embed=frozen,lr=1.5e-4/seed=0
+      config.yaml      the fully resolved run config, written by the launcher, read by the job
+      status.json      state, phase, step, total_steps, precision, job_id, host, error, ...
+      metrics.jsonl    one JSON row per line; every step's rows exactly once, in order
+      summary.json     final numbers (knn_top1, linear_top1, instability counts, ...)
+      env.json         one provenance record per (re)start of the job, appended
+      checkpoints/     last.pt (atomic), epoch_NNNN.pt milestones, probe_last.pt
+      logs/            the job's stdout/stderr
+      tensorboard/     (train.loggers only) the rows as TensorBoard events; probe/: the probe's
+      csv/             (train.loggers only) <kind>.csv: the rows of each kind
+      wandb_id         (train.loggers only) the W&B run every restart continues; wandb/: W&B's
+    <runs_root>/<ablation>/manifest.jsonl   one line per run: factors, seed, hashes, job ids
+
+`moco3` (the job) writes run folders, `experiments` (the launcher) creates them and reads
+their state, `analysis` (the report) reads them. Each imports this package and none of the
+others against the flow: analysis imports neither moco3 nor experiments; moco3 imports
+neither experiments nor analysis. This package imports only the standard library, so a
+report can be rebuilt anywhere from copied logs.
+
+    layout       file and folder names
+    states       run states, and which of them are finished
+    rows         row kinds, their keys, which rows a resume recomputes, JSON encoding
+    atomic       whole-file writes that a crash or a full disk can never leave half-done
+    instability  the one definition of a gradient spike and of a kNN dip
+"""

@@ -1,0 +1,59 @@
+"""`pip install .` gives working commands on PATH, from any directory, without the checkout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COMMANDS = ("moco3-launch", "moco3-train", "moco3-status", "moco3-report", "moco3-export",
+            "moco3-tensorboard")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The package installed (not editable, no dependencies: they are this venv's) into a
+    folder of its own, as `pip install .` lays it out."""
+    target = tmp_path_factory.mktemp("site")
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                           "--no-build-isolation", "--target", str(target), str(REPO)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return target
+
+
+def run(installed: Path, command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    env.pop("MOCO3_RUNS_ROOT", None)
+    return subprocess.run([str(installed / "bin" / command), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_every_command_is_installed_and_answers_help(installed, tmp_path):
+    for command in COMMANDS:
+        done = run(installed, command, "--help", cwd=tmp_path)
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+        assert done.stdout.strip(), command
+    assert "retry_failed=true" in run(installed, "moco3-launch", "--help", cwd=tmp_path).stdout
+
+
+def test_the_installed_commands_work_outside_the_checkout(installed, tmp_path):
+    launch = run(installed, "moco3-launch", "ablation=patch_proj", "dry_run=true",
+                 "launcher=local", cwd=tmp_path)
+    assert launch.returncode == 0, launch.stderr
+    assert "6 runs; about" in launch.stdout
+    status = run(installed, "moco3-status", cwd=tmp_path)
+    assert status.returncode == 0 and "no ablations under runs" in status.stdout
+    report = run(installed, "moco3-report", cwd=tmp_path)
+    assert report.returncode == 2 and "does not exist" in report.stderr
+    # The code that ran is the installed copy, not the checkout.
+    where = subprocess.run([sys.executable, "-c", "import experiments, moco3, analysis, "
+                            "runfolder; print(experiments.__file__, moco3.__file__)"],
+                           env={**os.environ, "PYTHONPATH": str(installed)},
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert str(REPO) not in where.stdout and str(installed) in where.stdout
+    assert list(tmp_path.iterdir()) == []  # a dry run and status wrote nothing
