@@ -90,15 +90,21 @@ def _grids(ablation: DictConfig) -> list[GridConfig]:
     return [GridConfig(factors=_plain(ablation.factors))]
 
 
-def cells(ablation: DictConfig) -> list[tuple[dict[str, str], list[tuple[str, dict[str, Any]]]]]:
-    """The grid's cells in file order: (factor -> label, [(where, overrides), ...])."""
+LEVEL_SCALES = "_scales"  # a level's reserved key: the scales at which the level exists
+
+
+def cells(ablation: DictConfig, scale: str | None = None
+          ) -> list[tuple[dict[str, str], list[tuple[str, dict[str, Any]]]]]:
+    """The grid's cells in file order: (factor -> label, [(where, overrides), ...]). A level
+    whose `_scales` list leaves out `scale` does not exist at that scale."""
     out = []
     for g, grid in enumerate(_grids(ablation)):
         names = list(grid.factors)
         for name in names:
             if not isinstance(grid.factors[name], Mapping) or not grid.factors[name]:
                 raise GridError(f"factor {name!r} needs a mapping of level label -> overrides.")
-        levels = [list(grid.factors[name].items()) for name in names]
+        levels = [[(label, overrides) for label, overrides in grid.factors[name].items()
+                   if _level_exists(name, label, overrides, scale)] for name in names]
         for combo in itertools.product(*levels):
             labels = {name: str(label) for name, (label, _) in zip(names, combo, strict=True)}
             sources = [(f"grids[{g}].overrides", grid.overrides or {})]
@@ -106,9 +112,20 @@ def cells(ablation: DictConfig) -> list[tuple[dict[str, str], list[tuple[str, di
                 if overrides is not None and not isinstance(overrides, Mapping):
                     raise GridError(f"level {name}={label} must map config keys to values, "
                                     f"got {overrides!r}.")
-                sources.append((f"{name}={label}", overrides or {}))
+                sources.append((f"{name}={label}", {k: v for k, v in (overrides or {}).items()
+                                                     if k != LEVEL_SCALES}))
             out.append((labels, sources))
     return out
+
+
+def _level_exists(name: str, label: str, overrides: Any, scale: str | None) -> bool:
+    if not isinstance(overrides, Mapping) or LEVEL_SCALES not in overrides:
+        return True
+    scales = overrides[LEVEL_SCALES]
+    if not isinstance(scales, list) or not set(scales) <= set(SCALES):
+        raise GridError(f"level {name}={label}: {LEVEL_SCALES} must be a list of scales "
+                        f"from {list(SCALES)}, got {scales!r}.")
+    return scale is None or scale in scales
 
 
 def seeds_for(ablation: DictConfig, scale: str, override: Any) -> list[int]:
@@ -165,7 +182,7 @@ def expand(cfg: DictConfig, ablation: str, scale: str) -> list[PlannedRun]:
     runs: list[PlannedRun] = []
     study = _plain(cfg.ablation.overrides) or {}
     seeds = seeds_for(cfg.ablation, scale, cfg.get("seeds"))
-    for factors, sources in cells(cfg.ablation):
+    for factors, sources in cells(cfg.ablation, scale):
         for seed in seeds:
             run_id = make_run_id(factors, seed)
             node = copy.deepcopy(base)

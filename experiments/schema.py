@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from moco3.config import RunConfig
 from moco3.recipes import r50_recipe
 
-SCALES = ("tiny", "small", "paper")
+SCALES = ("tiny", "mini", "small", "paper")
 LAUNCHERS = ("auto", "local", "slurm", "debug")
 
 

@@ -1,1 +1,0 @@
-"""The Hydra config tree (a package, so that an installed moco3-launch finds it)."""
