@@ -38,7 +38,7 @@ from dataclasses import dataclass, field  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from analysis import figuredata, tables  # noqa: E402
+from analysis import figuredata, tables, verdicts  # noqa: E402
 from analysis.collect import (  # noqa: E402
     ENV_VAR,
     EVAL_KINDS,
@@ -116,6 +116,18 @@ def provenance_section(runs: pd.DataFrame) -> str:
 
 def _provenance_text(value: object) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def pixels_note(runs: pd.DataFrame) -> str:
+    """kNN of the encoder against the same kNN on raw pixels: has it learned more?"""
+    done = runs[runs["state"] == "done"]
+    if "knn_top1_pixels" not in done or done["knn_top1_pixels"].dropna().empty:
+        return ""
+    pixels = done["knn_top1_pixels"].dropna().mean()
+    encoder = done["knn_top1"].dropna()
+    return (f"kNN top-1 of the pre-trained encoders {encoder.min():.1f}-{encoder.max():.1f} % "
+            f"(mean {encoder.mean():.1f}) against {pixels:.1f} % for the same kNN on raw "
+            f"pixels of the same images: {encoder.mean() - pixels:+.1f} points.\n\n")
 
 
 def _anchor(ablation: str) -> str:
@@ -287,6 +299,9 @@ def build_report(
                                 "logged yet)")
         t_specs += time.perf_counter() - t
 
+        findings = verdicts.verdict_table(ablation, ab_runs, table.metric)
+        if not findings.empty:
+            findings.to_csv(out / "tables" / f"{ablation}_verdicts.csv", index=False)
         header = f"## {ablation}\n\n<a id=\"{_anchor(ablation)}\"></a>\n"
         setting = (f"Paper setting: {table.setting}.\n" if table.setting
                    else "No paper numbers for this ablation.\n")
@@ -294,6 +309,9 @@ def build_report(
             header, setting, tables.to_markdown(table),
             f"Table files: [Markdown](tables/{ablation}.md) · [LaTeX](tables/{ablation}.tex) · "
             f"[CSV](tables/{ablation}.csv)\n",
+            *([f"### The paper's findings here\n\n{pixels_note(ab_runs)}"
+               f"{verdicts.to_markdown(findings)}\n{verdicts.RULE}\n"]
+              if not findings.empty else []),
             *figures_md,
         ]))
     t = time.perf_counter()
