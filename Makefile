@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo results lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: install
 demo: install
 	$(BIN)/python experiments/launch.py ablation=patch_proj
 	$(BIN)/python analysis/report.py
+
+# The committed study results (docs/results/mini): hours on a CPU; not part of CI.
+results: install
+	$(BIN)/python experiments/results.py --scale mini --studies patch_proj negatives
 
 lint: install
 	$(BIN)/ruff check .

@@ -110,7 +110,7 @@ def _reference_flops() -> float:
 
 
 def train_images(cfg: Any) -> int:
-    if cfg.data.name == "synthetic":
+    if cfg.data.name in ("synthetic", "textures"):
         return int(cfg.data.num_train)
     return TRAIN_IMAGES.get(cfg.data.name, REF_IMAGES)
 

@@ -186,7 +186,7 @@ def check_data(runs: list[PlannedRun], download_ok: bool,
     for run in runs:
         d = run.config.data
         key = (d.name, d.root, d.class_list, d.download, run.config.model.img_size)
-        if d.name == "synthetic":
+        if d.name in ("synthetic", "textures"):
             continue  # generated: its size is data.num_train, checked at compose time
         if key not in sizes:
             try:

@@ -21,7 +21,8 @@ from moco3.archs import ARCHS, PATCH_EMBEDS, POOLINGS, POS_EMBEDS, inapplicable_
 # Every choice list of a run lives here, once; the modules that implement them import it.
 MECHANISMS = ("in_batch", "queue", "memory_bank", "end_to_end")
 MOMENTUM_SCHEDULES = ("cosine", "constant")
-DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "stl10", "imagefolder", "imagenet100")
+DATASETS = ("synthetic", "textures", "digits", "cifar10", "cifar100", "stl10", "imagefolder",
+            "imagenet100")
 OPTIMIZERS = ("adamw", "lars", "lamb")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOGGERS = ("tensorboard", "wandb", "csv")
@@ -83,9 +84,9 @@ class DataConfig:
     root: str | None = None
     download: bool = False
     class_list: str | None = None  # imagenet100: a file of wnids
-    num_train: int = 10000  # synthetic only
-    num_val: int = 2000  # synthetic only
-    seed: int = 0  # seed of the synthetic data itself, not of training
+    num_train: int = 10000  # generated datasets only (synthetic, textures)
+    num_val: int = 2000  # generated datasets only
+    seed: int = 0  # seed of the generated data itself, not of training
     crop_min: float = 0.08  # RandomResizedCrop scale min: 0.08 ViT, 0.2 R50
     # Evaluation (kNN, probe) keeps this share of the resized image; None: the dataset's
     # protocol, 0.875 for ImageNet folders (Resize 256 + CenterCrop 224), else 1.0.
@@ -251,7 +252,7 @@ def validate(cfg: DictConfig) -> None:
                "vary them)." if cfg.model.arch == "resnet50" else
                " (a conv-stem arch); set model.patch_embed=conv_stem.")
         )
-    train_size = (cfg.data.num_train if cfg.data.name == "synthetic"
+    train_size = (cfg.data.num_train if cfg.data.name in ("synthetic", "textures")
                   else _FIXED_TRAIN_SIZES.get(cfg.data.name))
     if train_size is not None:
         check_batch_fits(cfg, train_size)

@@ -1,6 +1,7 @@
 """Datasets: every item is (image uint8 (3,H,W), label int).
 
-    synthetic    built in, the default: procedural shapes (moco3/synthetic.py), nothing on disk
+    synthetic    built in: procedural shapes (moco3/synthetic.py), nothing on disk
+    textures     built in: procedural textures (moco3/textures.py), the CPU scales' data
     digits       scikit-learn's 8x8 digits, upsampled to img_size, 3 channels
     cifar10/100  torchvision, from root (downloaded only when download=True)
     stl10        torchvision, from root; split "train+unlabeled" (labels -1 for the unlabeled
@@ -31,6 +32,7 @@ from torch.utils.data import Dataset
 
 from moco3.config import DATASETS
 from moco3.synthetic import SHAPES, generate_shapes
+from moco3.textures import TEXTURES, generate_textures
 
 SPLITS = ("train", "val")
 IMAGENET100_CLASSES_FILE = Path(__file__).with_name("imagenet100.txt")
@@ -142,8 +144,10 @@ def _from_hwc(images: np.ndarray) -> Tensor:
 
 
 @lru_cache(maxsize=8)  # shared by every dataset built with these arguments: never write to it
-def _synthetic_tensors(split: str, img_size: int, num: int, seed: int) -> tuple[Tensor, Tensor]:
-    images, labels = generate_shapes(num, img_size, seed, split)
+def _generated_tensors(name: str, split: str, img_size: int, num: int, seed: int
+                       ) -> tuple[Tensor, Tensor]:
+    generate = generate_textures if name == "textures" else generate_shapes
+    images, labels = generate(num, img_size, seed, split)
     return _from_hwc(images), torch.from_numpy(labels)
 
 
@@ -290,10 +294,10 @@ def build_dataset(name: str = "synthetic", split: str = "train", root: str | Non
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     if split not in valid_splits:
         raise ValueError(f"unknown split {split!r} for {name}; valid: {', '.join(valid_splits)}")
-    if name == "synthetic":
-        images, labels = _synthetic_tensors(split, img_size, num_train if split == "train"
+    if name in ("synthetic", "textures"):
+        images, labels = _generated_tensors(name, split, img_size, num_train if split == "train"
                                             else num_val, seed)
-        return ImageTensorDataset(images, labels, SHAPES)
+        return ImageTensorDataset(images, labels, SHAPES if name == "synthetic" else TEXTURES)
     if name == "digits":
         images, labels, is_val = _digits_tensors(img_size, seed)
         keep = is_val if split == "val" else ~is_val

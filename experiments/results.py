@@ -1,0 +1,109 @@
+"""Regenerate the committed results pages: run studies at a scale, then their report.
+
+    python experiments/results.py                        # patch_proj and negatives at mini
+    python experiments/results.py --studies patch_proj negatives momentum batch_size
+    python experiments/results.py --scale mini --runs-root runs-results --out docs/results/mini
+
+Each study is `launch.py ablation=<study> scale=<scale> launcher=local` (the scale's own
+seeds, 3 at mini) into one runs root; a study that stopped resumes where it stopped (the
+launcher skips finished runs and resumes the others). Then `report.py` writes the tables,
+figures and verdicts into the results folder, and RUN.md beside them records what produced
+them: the exact commands, the CPU (model, instruction-set kind, cores), the precision `auto`
+chose, the commit, and each study's wall time (of this invocation; a resumed study's time
+is the sum over invocations, also recorded). Not part of CI: it takes hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from moco3.gitstate import git_state
+from runfolder.atomic import write_text
+
+REPO = Path(__file__).resolve().parents[1]
+TIMES = "study_times.json"  # in the runs root: wall seconds per study, over invocations
+
+
+def cpu_description() -> str:
+    """CPU model, instruction-set kind and cores, as every speed figure names them."""
+    code = ("from moco3.provenance import cpu_model; from moco3.precision import cpu_kind, "
+            "resolve_precision; import torch, os; print(f'{cpu_model()} ({cpu_kind()}), "
+            "{len(os.sched_getaffinity(0))} cores; precision auto -> '"
+            "f'{resolve_precision(\"auto\", torch.device(\"cpu\"))}')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown CPU"
+
+
+def run_study(study: str, scale: str, runs_root: Path, extra: list[str]) -> tuple[list[str],
+                                                                                  float, int]:
+    """Launch one study and wait for it; returns (command, wall seconds, exit code)."""
+    command = [sys.executable, str(REPO / "experiments" / "launch.py"), f"ablation={study}",
+               f"scale={scale}", "launcher=local", f"runs_root={runs_root}", *extra]
+    print(f"== {study}: {shlex.join(command[1:])}", flush=True)
+    start = time.monotonic()
+    code = subprocess.run(command).returncode
+    return command, time.monotonic() - start, code
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scale", default="mini")
+    p.add_argument("--studies", nargs="+", default=["patch_proj", "negatives"])
+    p.add_argument("--runs-root", default="runs-results")
+    p.add_argument("--out", default=None, help="default: docs/results/<scale>")
+    p.add_argument("extra", nargs="*", help="more launch.py overrides (key=value)")
+    args = p.parse_args(argv)
+    runs_root = Path(args.runs_root).resolve()
+    out = Path(args.out or REPO / "docs" / "results" / args.scale)
+    runs_root.mkdir(parents=True, exist_ok=True)
+    times_path = runs_root / TIMES
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    commands = []
+    for study in args.studies:
+        command, seconds, code = run_study(study, args.scale, runs_root, args.extra)
+        times.setdefault(study, []).append(round(seconds, 1))
+        write_text(times_path, json.dumps(times, indent=1))
+        commands.append(("python experiments/launch.py " + shlex.join(command[2:])
+                         .replace(str(runs_root), args.runs_root), code))
+        if code != 0:
+            print(f"{study} did not finish (exit {code}); run this command again to resume it.",
+                  file=sys.stderr)
+            return code
+    report = [sys.executable, str(REPO / "analysis" / "report.py"), "--runs-root",
+              str(runs_root), "--out", str(out), *sum((["--ablation", s] for s in args.studies),
+                                                      [])]
+    if subprocess.run(report).returncode != 0:
+        return 1
+    git = git_state(REPO)
+    lines = [
+        f"# How these results were made ({args.scale} scale)\n",
+        f"* CPU: {cpu_description()}",
+        f"* Commit: {git.get('git_commit', 'unknown')}"
+        + (" (with uncommitted changes)" if git.get("git_dirty") else ""),
+        f"* Date: {time.strftime('%Y-%m-%d')}",
+        "* Regenerate from scratch: `make results` (or the commands below, then the report);"
+        " a stopped study resumes where it stopped.\n",
+        "| study | command | wall time |", "|---|---|---:|",
+    ]
+    for study, (command, _) in zip(args.studies, commands, strict=True):
+        spent = times.get(study, [])
+        wall = f"{sum(spent) / 60:.1f} min" + (f" over {len(spent)} invocations"
+                                               if len(spent) > 1 else "")
+        lines.append(f"| {study} | `{command}` | {wall} |")
+    lines.append(f"\nReport: `python analysis/report.py --runs-root {args.runs_root} --out "
+                 f"{os.path.relpath(out, REPO)}" + "".join(f" --ablation {s}"
+                                                          for s in args.studies) + "`")
+    write_text(out / "RUN.md", "\n".join(lines) + "\n")
+    print(f"results in {out} (README.md, RUN.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
