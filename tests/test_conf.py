@@ -21,6 +21,9 @@ EXPECTED_RUNS = {
     "none": 1, "batch_size": 4, "patch_proj": 6, "lr": 3, "optimizer": 4, "momentum": 4,
     "negatives": 19, "pos_embed": 3, "cls_token": 3, "head_bn": 2, "predictor": 2,
 }
+# The mini scale runs 3 seeds of every level; patch_proj adds a stress lr, negatives keeps
+# three K per mechanism (two for end-to-end).
+MINI_RUNS = {"patch_proj": 8 * 3, "negatives": 11 * 3}
 ABLATIONS = sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml"))
 
 
@@ -45,7 +48,9 @@ def test_the_required_studies_are_all_there():
 @pytest.mark.parametrize("ablation", ABLATIONS)
 def test_every_ablation_composes_and_expands_at_every_scale(ablation, scale):
     runs = _runs(ablation, scale)
-    assert len(runs) == EXPECTED_RUNS.get(ablation, len(runs))
+    expected = MINI_RUNS.get(ablation, EXPECTED_RUNS.get(ablation, 0) * 3) \
+        if scale == "mini" else EXPECTED_RUNS.get(ablation)
+    assert len(runs) == (expected or len(runs))
     assert len({r.run_id for r in runs}) == len(runs)
     assert len({r.config_hash for r in runs}) == len(runs)
     for r in runs:
@@ -77,7 +82,8 @@ def test_per_scale_values_keep_the_papers_ratios():
     gpus = [r.resources["gpus"] for r in _runs("batch_size", "paper")]
     assert gpus == [16, 32, 64, 96]  # 64 images per GPU, as the official runs
     assert [r.resources["gpus"] for r in _runs("batch_size", "tiny")] == [0, 0, 0, 0]
-    lrs = {s: [r.config.optim.base_lr for r in _runs("patch_proj", s)][:3] for s in SCALES}
+    lrs = {s: [r.config.optim.base_lr for r in _runs("patch_proj", s, ("seeds=[0]",))][:3]
+           for s in SCALES}
     for s in SCALES:
         assert lrs[s][1] / lrs[s][0] == pytest.approx(2.0)
         assert lrs[s][2] / lrs[s][0] == pytest.approx(3.0)
@@ -88,14 +94,26 @@ def test_the_tiny_scale_is_the_documented_one():
     """scale/tiny.yaml as the README and its own comments describe it (measured there)."""
     cfg = _runs("none")[0].config
     m = cfg.model
-    assert (m.arch, m.depth, m.img_size, m.patch_size, m.mlp_dim, m.dim) == (
-        "vit_tiny", 4, 32, 8, 1024, 128)
-    assert (cfg.data.name, cfg.data.num_train, cfg.data.num_val) == ("synthetic", 2000, 500)
+    assert (m.arch, m.depth, m.embed_dim, m.num_heads, m.img_size, m.patch_size, m.mlp_dim,
+            m.dim) == ("vit_tiny", 4, 96, 3, 32, 8, 512, 128)
+    assert (cfg.data.name, cfg.data.num_train, cfg.data.num_val) == ("textures", 2000, 500)
     assert (cfg.data.crop_min, cfg.moco.m0) == (0.25, 0.9)
     t = cfg.train
     assert (t.batch_size, t.epochs, t.precision, t.knn_memory, t.knn_queries) == (
         128, 10, "auto", 2000, 500)
     assert (cfg.probe.epochs, cfg.probe.batch_size, cfg.probe.augment) == (30, 256, False)
+
+
+def test_the_mini_scale_is_tinys_model_trained_longer_with_three_seeds():
+    tiny, mini = _runs("none")[0].config, _runs("none", "mini")
+    assert [r.seed for r in mini] == [0, 1, 2]
+    mini = mini[0].config
+    assert mini.model == tiny.model and mini.data == tiny.data
+    assert (mini.train.epochs, tiny.train.epochs) == (20, 10)
+    negatives = _runs("negatives", "mini")
+    assert {r.config.train.epochs for r in negatives} == {10}
+    assert sorted({r.factors["K"] for r in negatives if r.factors["mechanism"] == "queue"},
+                  key=int) == ["256", "4096", "65536"]
 
 
 def test_paper_scale_is_the_papers_recipe():
