@@ -15,7 +15,7 @@ from slurm_fixture import slurm_cluster  # noqa: F401
 from test_launch import FAST, _cli
 
 from experiments.rundir import read_manifest
-from moco3.runlog import read_json
+from runfolder.atomic import read_json
 
 pytestmark = pytest.mark.slurm
 
@@ -96,7 +96,9 @@ def test_requeued_and_timed_out_jobs_resume_without_lost_or_repeated_steps(
         steps = [row["step"] for row in _rows(run, "train")]
         assert steps == list(range(1, total + 1)), f"seed={seed}: {steps}"
         events = [row["event"] for row in _rows(run, "event")]
-        assert "preempted" in events and "resumed" in events, f"seed={seed}: {events}"
-        assert events.count("resumed") == events.count("preempted")
+        # Every stop is followed by a resume; a stop that came as SIGKILL (scontrol requeue
+        # past KillWait) leaves no "preempted" event, only the "resumed" one after it.
+        assert "resumed" in events, f"seed={seed}: {events}"
+        assert events.count("resumed") >= events.count("preempted"), f"seed={seed}: {events}"
     again = _cli(args, tmp_path, timeout=120)
     assert again.returncode == 0 and "nothing to submit" in again.stdout
