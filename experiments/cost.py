@@ -4,8 +4,8 @@ Anchor: MoCo v3 ViT-B/16, 100 epochs of ImageNet-1k at 224 px ~ 24 h on 128 GPUs
 (docs/paper-reference.md, "Compute"). A run is scaled from it by its per-image training FLOPs
 (backbone + heads, counted layer by layer), its epochs and its number of training images;
 the linear probe adds its epochs of one backbone forward per image. CPU runs are also given
-in core-hours from a measured speed (a MoCo v3 step of
-~3.3 GFLOP per image ran at 34 images/s on 2 cores in fp32; bf16 matmuls run ~2x faster).
+in core-hours from CPU_FLOPS_PER_CORE, an effective training throughput measured once (the
+README's speed section has the figures).
 """
 
 from __future__ import annotations

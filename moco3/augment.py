@@ -7,8 +7,8 @@ The official recipe (main_moco.py, BYOL's augmentations), applied to each view:
     -> HorizontalFlip p=0.5 -> ToTensor -> Normalize(ImageNet mean, std)
     view 1: blur p=1.0, solarize p=0      view 2: blur p=0.1, solarize p=0.2
 
-Why it is fast (benchmarks/augmentation.py: 3.4x the official pipeline per core on
-photos to 224 px per image, 7.7x at 32 px with apply_batch):
+Why it is fast (benchmarks/augmentation.py measures it against the official pipeline; the
+figures are in the README):
 * The crop-resize, the only step that touches the full-size image, runs on uint8 with
   torch's vectorised antialiased bilinear kernel (the one transforms.v2's resized_crop
   calls, with identical output), fastest on channels-last memory such as pil_to_tensor's

@@ -11,7 +11,7 @@
     imagenet100  imagefolder restricted to the 100 classes of moco3/imagenet100.txt (CMC's list)
 
 Images are CHW views of channels-last (HWC) memory (all but STL-10, stored CHW): torch's
-uint8 antialiased resize, the costly step of the augmentation, runs about 2.5x faster on
+uint8 antialiased resize, the costly step of the augmentation, runs several times faster on
 such images than on contiguous CHW ones.
 """
 

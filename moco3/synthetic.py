@@ -186,7 +186,7 @@ def generate_shapes(num_images: int, img_size: int = 32, seed: int = 0,
                     split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """The synthetic shapes split: images uint8 (N,S,S,3) and labels int64 (N,).
 
-    About 1 s of CPU for 10k images at 32 px (moco3.data caches the result in memory).
+    Vectorised in chunks of images (moco3.data caches the result in memory).
     """
     if num_images < 0 or img_size < 8:
         raise ValueError(f"need num_images >= 0 and img_size >= 8, got {num_images}, {img_size}")

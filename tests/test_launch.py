@@ -319,11 +319,26 @@ def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path):
     (["conf_dir=/nonexistent"], {}, "conf_dir /nonexistent is not a directory"),
     (["launcher=local", "resources.gpus=4"], {}, "runs need 4 GPUs each"),
     (["launcher=local", "only=[nope]"], {}, "only=['nope'] matches no run"),
+    (["-m", "ablation=lr,momentum", "dry_run=true"], {}, "-m/--multirun is not supported"),
+    (["+foo=1", "dry_run=true"], {}, "unknown top-level key(s) foo"),
+    (["~only"], {}, "~only: launch.py does not delete keys"),
+    (["ablation=pos_embed", "model=resnet50", "dry_run=true"], {},
+     "varies model.pos_embed, which cannot apply to model.arch=resnet50"),
+    (["runs_root=/etc/hostname"], {}, "runs_root /etc/hostname is a file, not a folder"),
 ])
 def test_bad_input_gets_one_sentence_and_writes_nothing(tmp_path, args, env, message):
     done = _cli(args, tmp_path, env=env)
     assert done.returncode != 0
     assert message in done.stderr
+    assert _files(tmp_path) == []
+
+
+def test_every_command_has_a_working_help(tmp_path):
+    for script, expected in ((LAUNCH, "retry_failed=true"), (STATUS, "--runs-root"),
+                             (REPO / "analysis" / "report.py", "--runs-root"),
+                             (REPO / "experiments" / "train.py", "run_name=NAME")):
+        done = _cli(["--help"], tmp_path, script=script)
+        assert done.returncode == 0 and expected in done.stdout, (script, done.stderr)
     assert _files(tmp_path) == []
 
 

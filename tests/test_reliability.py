@@ -223,6 +223,24 @@ def test_kill_9_at_random_points_leaves_metrics_exactly_once(tmp_path):
         assert len(steps) == len(set(steps)) == 8, (trial, kills)
 
 
+def test_every_start_appends_a_provenance_record(tmp_path):
+    from runfolder.atomic import read_json_list
+
+    run, sha = run_folder(tmp_path, **{"train.knn_every": 0, "probe.enabled": False})
+    from moco3.train import train
+
+    assert train(OmegaConf.load(run / "config.yaml"), run, stop_at_step=3) == "preempted"
+    assert run_job(run, sha) == "done"
+    assert run_job(run, sha) == "done"  # nothing left to train: still a start, recorded
+    records = read_json_list(run / "env.json")
+    assert len(records) == 2  # the two jobs; train() by hand is not a job
+    for record in records:
+        assert {"python", "torch_version", "torchvision_version", "timm_version",
+                "cpu_capability", "gpu_count", "world_size", "host"} <= set(record)
+        assert record["world_size"] == 1 and torch.__version__.startswith(record["torch_version"])
+    assert "git_commit" in records[0] and isinstance(records[0]["git_dirty"], bool)
+
+
 def test_a_resume_with_another_thread_count_keeps_the_first(tmp_path):
     """The thread count a run started with is recorded and reused on resume (matmul
     results depend on how the work is split)."""
