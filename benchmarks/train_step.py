@@ -7,8 +7,16 @@
     python benchmarks/train_step.py --arch vit_base --img-size 224 --patch-size 16 \
         --batch 128 --compile                  # on a GPU: also the model FLOP utilisation
 
-Three rows, measured in alternating rounds in one process (a machine that is busy for a
+    python benchmarks/train_step.py --official-code ~/src/moco-v3   # + the real official step
+
+The rows are measured in alternating rounds in one process (a machine that is busy for a
 moment slows all of them alike):
+
+* official code: with `--official-code PATH` (a checkout of facebookresearch/moco-v3, or
+  its git directory), the real main_moco.py step - the official MoCo_ViT on the official
+  VisionTransformerMoCo with current timm, torch's default AdamW, fp32 - imported from
+  PATH at run time (benchmarks/official_code.py; nothing of it ships with moco3). Ratios
+  are then against this row;
 
 * official: the official main_moco.py step on the same model - each view through the
   encoder on its own, the momentum update as a Python loop over parameters, the
@@ -23,26 +31,41 @@ moment slows all of them alike):
   fp32 (bf16 on CUDA and on CPUs with AVX-512 BF16 / AMX).
 
 The header names the CPU (model and instruction-set kind) or GPU and the precision `auto`
-resolves to here. Ratios are images/s against the official row.
+resolves to here. Ratios are images/s against the official code's row when it is measured,
+else against the official step's.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
-import torch
+if __package__ in (None, ""):  # run as a script: import benchmarks/ as a package
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from moco3.model import MoCo, build_model
-from moco3.negatives import build_negatives
-from moco3.optim import build_optimizer
-from moco3.precision import autocast_dtype, cpu_kind, resolve_precision
-from moco3.provenance import cpu_model
-from moco3.step import MocoStep
-from moco3.train import fused_attention_is_faster
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
+import torch  # noqa: E402
+
+from benchmarks.official_code import (  # noqa: E402
+    build_official_model,
+    ensure_process_group,
+    load_official,
+    official_step,
+)
+from moco3.archs import VIT_ARCHS  # noqa: E402
+from moco3.model import MoCo, build_model  # noqa: E402
+from moco3.negatives import build_negatives  # noqa: E402
+from moco3.optim import build_optimizer  # noqa: E402
+from moco3.precision import autocast_dtype, cpu_kind, resolve_precision  # noqa: E402
+from moco3.provenance import cpu_model  # noqa: E402
+from moco3.step import MocoStep  # noqa: E402
+from moco3.train import fused_attention_is_faster  # noqa: E402
+
+PLAIN_VITS = tuple(a for a, spec in VIT_ARCHS.items() if not spec.get("patch_embed"))
 # Dense bf16 peak of common cards (TFLOP/s), for the utilisation figure.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0,
                     "A10": 125.0, "V100": 125.0}
@@ -151,6 +174,22 @@ def official(args: argparse.Namespace, device: torch.device) -> Callable[[], tor
     return lambda: official_like_step(model, opt, neg, x1, x2, 0.99)
 
 
+def official_code(args: argparse.Namespace, device: torch.device
+                  ) -> tuple[Callable[[], torch.Tensor], str]:
+    """The real official step, from the user's copy of the official code."""
+    code = load_official(Path(args.official_code).expanduser())
+    ensure_process_group()
+    spec = VIT_ARCHS[args.arch]
+    torch.manual_seed(0)
+    model = build_official_model(code, img_size=args.img_size, patch_size=args.patch_size,
+                                 width=spec["embed_dim"], depth=args.depth or spec["depth"],
+                                 heads=spec["num_heads"], dim=args.dim,
+                                 mlp_dim=args.mlp_dim).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)  # main_moco.py's
+    x1, x2 = inputs(args, device)
+    return lambda: official_step(model, opt, x1, x2, 0.99), code.origin
+
+
 def inputs(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     x1 = torch.randn(args.batch, 3, args.img_size, args.img_size, generator=g)
@@ -172,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    p.add_argument("--official-code", metavar="PATH", default=None,
+                   help="a checkout (or git directory) of facebookresearch/moco-v3: also time "
+                        "the real official step, and give ratios against it")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -185,8 +227,17 @@ def main(argv: list[str] | None = None) -> None:
           f"{resolve_precision('auto', device)} here; attention: "
           + ("fused" if fused_attention_is_faster(device, precision) else "explicit"))
 
-    steps = {"official step, fp32": official(args, device), "moco3, fp32": ours(args, device,
-                                                                              "fp32")}
+    steps = {}
+    baseline_name = "official step, fp32"
+    if args.official_code:
+        if args.arch not in VIT_ARCHS or VIT_ARCHS[args.arch].get("patch_embed"):
+            raise SystemExit(f"--official-code: --arch {args.arch} is not a plain ViT; the "
+                             f"official step is timed for {', '.join(PLAIN_VITS)}.")
+        steps["official code, fp32"], origin = official_code(args, device)
+        baseline_name = "official code, fp32"
+        print(f"official code: {origin}")
+    steps["official step, fp32"] = official(args, device)
+    steps["moco3, fp32"] = ours(args, device, "fp32")
     if precision != "fp32" or args.compile:
         steps[f"moco3, {precision}{' compiled' if args.compile else ''}"] = ours(
             args, device, precision)
@@ -194,10 +245,10 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = interleaved(steps, args.warmup, args.rounds, device)
-    baseline = seconds["official step, fp32"]
-    print(f"{'step':32s} {'ms/step':>9s} {'img/s':>8s} {'vs official':>12s}")
+    baseline = seconds[baseline_name]
+    print(f"{'step':32s} {'ms/step':>9s} {'img/s':>8s} {'vs ' + baseline_name.split(',')[0]:>20s}")
     for name, sec in seconds.items():
-        print(f"{name:32s} {sec * 1e3:9.1f} {args.batch / sec:8.1f} {baseline / sec:11.2f}x")
+        print(f"{name:32s} {sec * 1e3:9.1f} {args.batch / sec:8.1f} {baseline / sec:19.2f}x")
     slowest = max(first, key=first.get)
     print(f"first step (incl. compile): {first[slowest]:.1f} s ({slowest}); peak memory "
           f"{peak_memory_mb(device):.0f} MB")

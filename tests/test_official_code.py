@@ -1,0 +1,65 @@
+"""The benchmark's loader of the user's official code: where it reads, what it edits, and
+that it refuses a revision its edits do not fit. (The real code is not in CI: a fake
+checkout with the same import paths stands in for it.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.official_code import EDITS, apply_edits, load_official, read_sources
+
+VITS = """from timm.models.layers.helpers import to_2tuple
+class VisionTransformerMoCo:
+    def tokens(self):
+        return self.num_tokens
+"""
+BUILDER = """import torch
+def labels(logits):
+    return torch.arange(3, dtype=torch.long).cuda()
+"""
+
+
+def fake_checkout(root):
+    (root / "moco").mkdir(parents=True)
+    (root / "vits.py").write_text(VITS)
+    (root / "moco" / "builder.py").write_text(BUILDER)
+    return root
+
+
+def test_a_checkout_is_read_edited_and_imported(tmp_path):
+    code = load_official(fake_checkout(tmp_path / "moco-v3"))
+    assert code.vits.to_2tuple(3) == (3, 3)  # from timm.layers now
+    obj = code.vits.VisionTransformerMoCo()
+    obj.num_prefix_tokens = 1
+    assert obj.tokens() == 1
+    import torch
+
+    assert code.builder.labels(torch.zeros(2, device="cpu")).device.type == "cpu"
+    # under private names: a user's own `moco` or `vits` module is never shadowed
+    assert code.vits.__name__.startswith("_moco3_official_code.")
+    assert "vits" not in sys.modules
+
+
+def test_a_git_directory_is_read_at_a_revision(tmp_path):
+    repo = fake_checkout(tmp_path / "repo")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], check=True)
+    texts, origin = read_sources(repo / ".git")
+    assert texts == {"vits.py": VITS, "moco/builder.py": BUILDER}
+    assert " at " in origin
+
+
+def test_an_edit_that_does_not_fit_stops_loading():
+    with pytest.raises(SystemExit, match="matched 0 times in vits.py"):
+        apply_edits({"vits.py": "import timm\n", "moco/builder.py": BUILDER})
+    assert len(EDITS) == 3
+
+
+def test_a_folder_without_the_official_code_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="neither a checkout"):
+        read_sources(tmp_path)
