@@ -31,6 +31,8 @@ from PIL import Image, ImageFilter, ImageOps
 
 from moco3.augment import IMAGENET_MEAN, IMAGENET_STD, TwoViewTransform
 from moco3.data import build_dataset
+from moco3.precision import cpu_kind
+from moco3.provenance import cpu_model
 
 
 class PILGaussianBlur:
@@ -102,7 +104,8 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     random.seed(0)
-    print(f"torch {torch.__version__}, 1 thread; {args.rounds} rounds x {args.seconds} s")
+    print(f"{cpu_model()} ({cpu_kind()}); torch {torch.__version__}, 1 thread; "
+          f"{args.rounds} rounds x {args.seconds} s")
 
     from sklearn.datasets import load_sample_images
 
