@@ -119,15 +119,27 @@ def _provenance_text(value: object) -> str:
 
 
 def pixels_note(runs: pd.DataFrame) -> str:
-    """kNN of the encoder against the same kNN on raw pixels: has it learned more?"""
+    """kNN of the encoder against the same kNN on raw pixels: has it learned more?
+
+    Per level (the mean over its finished seeds) as well as over all runs: a study's levels
+    include deliberately bad settings (a stress lr, m = 0), which pull the overall mean
+    down without saying anything about what the method learns at a good one."""
     done = runs[runs["state"] == "done"]
     if "knn_top1_pixels" not in done or done["knn_top1_pixels"].dropna().empty:
         return ""
     pixels = done["knn_top1_pixels"].dropna().mean()
     encoder = done["knn_top1"].dropna()
+    levels = done.dropna(subset=["knn_top1"]).groupby("factor_label")["knn_top1"].mean()
+    per_level = ""
+    if len(levels) > 1:
+        best, worst = levels.idxmax(), levels.idxmin()
+        per_level = (f" Per level (mean over seeds): best `{best}` {levels[best]:.1f} % "
+                     f"({levels[best] - pixels:+.1f}), worst `{worst}` {levels[worst]:.1f} % "
+                     f"({levels[worst] - pixels:+.1f}); {int((levels - pixels >= 10).sum())} "
+                     f"of {len(levels)} levels are 10 or more points above the pixels.")
     return (f"kNN top-1 of the pre-trained encoders {encoder.min():.1f}-{encoder.max():.1f} % "
             f"(mean {encoder.mean():.1f}) against {pixels:.1f} % for the same kNN on raw "
-            f"pixels of the same images: {encoder.mean() - pixels:+.1f} points.\n\n")
+            f"pixels of the same images: {encoder.mean() - pixels:+.1f} points.{per_level}\n\n")
 
 
 def _anchor(ablation: str) -> str:

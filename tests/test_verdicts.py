@@ -73,3 +73,19 @@ def test_negatives_findings_follow_the_levels_present():
     assert claims == ["queue beats memory bank at K=256", "queue beats memory bank at K=4096",
                       "memory_bank gains from more negatives (K=4096 over K=256)",
                       "queue gains from more negatives (K=16384 over K=256)"]
+
+
+def test_the_pixels_note_gives_the_overall_and_per_level_margins():
+    from analysis.report import pixels_note
+
+    runs = pd.DataFrame({
+        "state": ["done"] * 4 + ["running"],
+        "factor_label": ["lr=1", "lr=1", "lr=9", "lr=9", "lr=1"],
+        "knn_top1": [33.0, 35.0, 25.0, 27.0, 90.0],
+        "knn_top1_pixels": [22.0] * 5,
+    })
+    note = pixels_note(runs)
+    assert "25.0-35.0 % (mean 30.0) against 22.0 %" in note and "+8.0 points" in note
+    assert "best `lr=1` 34.0 % (+12.0), worst `lr=9` 26.0 % (+4.0)" in note
+    assert "1 of 2 levels are 10 or more points above the pixels" in note
+    assert pixels_note(runs.drop(columns="knn_top1_pixels")) == ""
