@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     baseline = seconds[baseline_name]
     print(f"{'step':32s} {'ms/step':>9s} {'img/s':>8s} {'vs ' + baseline_name.split(',')[0]:>20s}")
     for name, sec in seconds.items():
-        print(f"{name:32s} {sec * 1e3:9.1f} {args.batch / sec:8.1f} {baseline / sec:19.2f}x")
+        print(f"{name:32s} {sec * 1e3:9.1f} {args.batch / sec:8.2f} {baseline / sec:19.2f}x")
     slowest = max(first, key=first.get)
     print(f"first step (incl. compile): {first[slowest]:.1f} s ({slowest}); peak memory "
           f"{peak_memory_mb(device):.0f} MB")
