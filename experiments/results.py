@@ -16,6 +16,7 @@ is the sum over invocations, also recorded). Not part of CI: it takes hours.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shlex
@@ -39,6 +40,22 @@ def cpu_description() -> str:
             "f'{resolve_precision(\"auto\", torch.device(\"cpu\"))}')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     return done.stdout.strip() or "unknown CPU"
+
+
+def run_minutes(runs_csv: Path, study: str) -> str:
+    """The study's own compute, from its runs' training time: what its wall time would be on
+    this machine with nothing else running (the wall time also counts other load)."""
+    if not runs_csv.exists():
+        return "-"
+    with runs_csv.open() as f:
+        rows = [r for r in csv.DictReader(f) if r["ablation"] == study and r["train_seconds"]]
+    if not rows:
+        return "-"
+    seconds = [float(r["train_seconds"]) for r in rows]
+    threads = max(1, int(float(rows[0].get("threads") or 1)))
+    parallel = max(1, len(os.sched_getaffinity(0)) // threads)
+    return (f"{sum(seconds) / parallel / 60:.1f} min ({len(seconds)} runs, {parallel} at a "
+            f"time; one run {min(seconds) / 60:.1f}-{max(seconds) / 60:.1f} min)")
 
 
 def run_study(study: str, scale: str, runs_root: Path, extra: list[str]) -> tuple[list[str],
@@ -90,13 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         f"* Date: {time.strftime('%Y-%m-%d')}",
         "* Regenerate from scratch: `make results` (or the commands below, then the report);"
         " a stopped study resumes where it stopped.\n",
-        "| study | command | wall time |", "|---|---|---:|",
+        "Wall time is this machine's clock over the study's launches, and counts whatever else"
+        " ran meanwhile; the runs' own training time, summed and divided by the runs trained at"
+        " once, is what the study costs on the machine alone (pre-training only: each run's"
+        " probe adds seconds).\n",
+        "| study | command | wall time | runs' training time |", "|---|---|---:|---:|",
     ]
     for study, (command, _) in zip(args.studies, commands, strict=True):
         spent = times.get(study, [])
         wall = f"{sum(spent) / 60:.1f} min" + (f" over {len(spent)} invocations"
                                                if len(spent) > 1 else "")
-        lines.append(f"| {study} | `{command}` | {wall} |")
+        lines.append(f"| {study} | `{command}` | {wall} | "
+                     f"{run_minutes(out / 'runs.csv', study)} |")
     lines.append(f"\nReport: `python analysis/report.py --runs-root {args.runs_root} --out "
                  f"{os.path.relpath(out, REPO)}" + "".join(f" --ablation {s}"
                                                           for s in args.studies) + "`")
