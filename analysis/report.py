@@ -133,10 +133,11 @@ def pixels_note(runs: pd.DataFrame) -> str:
     per_level = ""
     if len(levels) > 1:
         best, worst = levels.idxmax(), levels.idxmin()
+        clear = int(((levels - pixels).round(1) >= 10).sum())  # as printed, to 0.1 point
         per_level = (f" Per level (mean over seeds): best `{best}` {levels[best]:.1f} % "
                      f"({levels[best] - pixels:+.1f}), worst `{worst}` {levels[worst]:.1f} % "
-                     f"({levels[worst] - pixels:+.1f}); {int((levels - pixels >= 10).sum())} "
-                     f"of {len(levels)} levels are 10 or more points above the pixels.")
+                     f"({levels[worst] - pixels:+.1f}); {clear} of {len(levels)} levels are 10 "
+                     "or more points above the pixels.")
     return (f"kNN top-1 of the pre-trained encoders {encoder.min():.1f}-{encoder.max():.1f} % "
             f"(mean {encoder.mean():.1f}) against {pixels:.1f} % for the same kNN on raw "
             f"pixels of the same images: {encoder.mean() - pixels:+.1f} points.{per_level}\n\n")
