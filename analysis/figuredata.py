@@ -230,8 +230,11 @@ def _spike_events(collection: Collection, run_dir: str, group: str) -> pd.DataFr
         return pd.DataFrame({"step": [], "value": []})
     hit = steps[(steps["run_dir"] == run_dir) & (steps["kind"] == "event")
                 & (steps["event"] == "grad_spike") & (steps.get("group") == group)]
+    # A spike whose norm was NaN or inf is written with "value": null, so a study whose only
+    # spikes are non-finite has no "value" column at all; such a spike is still a spike.
+    value = hit["value"] if "value" in hit.columns else pd.Series(math.nan, index=hit.index)
     return pd.DataFrame({"step": pd.to_numeric(hit["step"], errors="coerce"),
-                         "value": pd.to_numeric(hit["value"], errors="coerce")})
+                         "value": pd.to_numeric(value, errors="coerce")})
 
 
 def _grad_frames(chosen: list[tuple[str, str]], runs: pd.DataFrame, collection: Collection,
