@@ -155,7 +155,7 @@ from moco3.loader import StepBatchSampler, epoch_loader  # noqa: E402
 from moco3.model import MoCo, build_model  # noqa: E402
 from moco3.negatives import build_negatives  # noqa: E402
 from moco3.optim import build_optimizer  # noqa: E402
-from moco3.precision import autocast_dtype, resolve_precision  # noqa: E402
+from moco3.precision import autocast_dtype, cpu_kind, resolve_precision  # noqa: E402
 from moco3.schedules import scaled_lr  # noqa: E402
 from moco3.step import MocoStep  # noqa: E402
 from moco3.train import GROUPS, train, use_fused_attention  # noqa: E402
@@ -481,7 +481,7 @@ def section_environment(ctx: Context, report: Report) -> None:
         "torchvision": torchvision.__version__, "timm": timm.__version__,
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
         "cores": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_capability": cpu_kind(),
         "torch_threads": torch.get_num_threads(),
         "precision_auto": resolve_precision("auto", device),
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,

@@ -12,9 +12,18 @@ must not depend on how loaded the machine happened to be when it started. The re
 precision is recorded in the run folder (status.json, summary.json and every checkpoint) and
 a resumed run keeps it, so a job requeued onto another kind of node never switches
 precision mid-run.
+
+Testing aid: the environment variable MOCO3_CPU_FAST_BF16=1 (or 0) makes the CPU answer "fast
+bf16" (or "no fast bf16") whatever its flags say, so the suite can run both branches of the
+decision on any machine, in this process and every process it starts. A run started under it
+records the forced answer beside the CPU's kind (cpu_kind), so its provenance cannot pass for
+the real hardware's. Forcing 1 on an AVX2 CPU makes bf16 runs 10-70x slower: it is for tests
+of the decision, not for training.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -27,19 +36,44 @@ AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
 }
 
 
+FORCE_FAST_BF16_ENV = "MOCO3_CPU_FAST_BF16"
+_FORCE_VALUES = {"1": True, "0": False}
+
+
+def forced_fast_bf16() -> bool | None:
+    """The answer MOCO3_CPU_FAST_BF16 forces (True/False), or None when it is unset."""
+    value = os.environ.get(FORCE_FAST_BF16_ENV, "")
+    if value == "":
+        return None
+    if value not in _FORCE_VALUES:
+        raise ConfigError(f"{FORCE_FAST_BF16_ENV}={value!r} is not valid; set it to 1 (answer "
+                          f"'fast bf16'), 0 (answer 'no fast bf16') or leave it unset.")
+    return _FORCE_VALUES[value]
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True when this CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+    """True when this CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX), or when
+    MOCO3_CPU_FAST_BF16 says so."""
+    forced = forced_fast_bf16()
+    if forced is not None:
+        return forced
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def cpu_kind() -> str:
     """A short name for the CPU class that decides speed: 'AVX512_BF16', 'AMX' or torch's
-    capability string ('AVX2', 'AVX512', ...)."""
+    capability string ('AVX2', 'AVX512', ...), followed by ' (MOCO3_CPU_FAST_BF16=1)' or
+    '=0' when the answer was forced."""
     if torch.cpu._is_amx_tile_supported():
-        return "AMX"
-    if torch.cpu._is_avx512_bf16_supported():
-        return "AVX512_BF16"
-    return torch.backends.cpu.get_cpu_capability()
+        kind = "AMX"
+    elif torch.cpu._is_avx512_bf16_supported():
+        kind = "AVX512_BF16"
+    else:
+        kind = torch.backends.cpu.get_cpu_capability()
+    forced = forced_fast_bf16()
+    if forced is None:
+        return kind
+    return f"{kind} ({FORCE_FAST_BF16_ENV}={int(forced)})"
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
+from moco3.precision import FORCE_FAST_BF16_ENV, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,11 +55,16 @@ def test_reduced_run_passes(reduced_run) -> None:
 
 def test_reduced_run_times_the_steps(reduced_run) -> None:
     done, out = reduced_run
-    rows = json.loads((out / "gpu_check.json").read_text())["speed"]
+    report = json.loads((out / "gpu_check.json").read_text())
+    rows = report["speed"]
+    # Ours runs at whatever `auto` picks on this CPU (bf16 where it is fast, else fp32), and
+    # the report says which: the rows are checked against that, never against one CPU kind.
+    precision = report["environment"]["precision_auto"]
+    assert precision == resolve_precision("auto", torch.device("cpu"))
     measured = [r for r in rows if r["status"] == "measured"]
     assert {(r["model"], r["variant"]) for r in measured} == {
         (a, v) for a in ("vit_small", "vit_base")
-        for v in ("ours fp32 eager", "official-like fp32 eager")}
+        for v in (f"ours {precision} eager", "official-like fp32 eager")}
     for r in measured:
         assert r["img_per_s"] > 0 and r["ms_per_step"] > 0
         # the forced out-of-memory fallback: 16 failed, 8 ran
@@ -171,3 +177,20 @@ def test_a_crashing_step_is_an_error_row_and_the_section_goes_on() -> None:
     row = gpu_check.time_variant(ctx, report, "vit_small", "ours fp32 eager", build, 16, 2, True)
     assert row.status == "error: ValueError" and row.img_per_s is None
     assert [c.name for c in report.failed()] == ["vit_small ours fp32 eager"]
+
+
+@pytest.mark.parametrize("fast_bf16,expected", [("1", "bf16"), ("0", "fp32")])
+def test_environment_section_under_either_cpu_answer(tmp_path, fast_bf16, expected) -> None:
+    """gpu_check's CPU mode, as a user runs it, under both answers of the CPU-capability check
+    (MOCO3_CPU_FAST_BF16): auto's choice and the CPU kind it reports follow the answer, on
+    any machine. (The speed rows are named after the same `precision_auto`; a bf16 speed
+    section on a CPU without fast bf16 would take many minutes, so only the decision runs.)"""
+    env = {**os.environ, "PYTHONPATH": str(REPO), FORCE_FAST_BF16_ENV: fast_bf16}
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--out", str(tmp_path),
+         "--sections", "environment", "--quiet"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    environment = json.loads((tmp_path / "gpu_check.json").read_text())["environment"]
+    assert environment["precision_auto"] == expected
+    assert environment["cpu_capability"].endswith(f"({FORCE_FAST_BF16_ENV}={fast_bf16})")
