@@ -29,20 +29,6 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-# stop_daemon NAME PIDFILE: SIGTERM the daemon named in PIDFILE, SIGKILL it after 20 s.
-stop_daemon() {
-    local name=$1 pidfile=$2 pid
-    pid=$(daemon_pid "$name" "$pidfile") || return 0
-    echo "stop.sh: stopping $name ($pid)"
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 1 40); do
-        pid_alive "$pid" || return 0
-        sleep 0.5
-    done
-    echo "stop.sh: $name ($pid) ignored SIGTERM for 20 s: killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-}
-
 ctld_pid=$(daemon_pid slurmctld "$SLURMCTLD_PIDFILE" || true)
 if [ "$wipe" = 1 ] && [ -n "$ctld_pid" ]; then
     job_ids=$(squeue -h -o %A 2>/dev/null | tr '\n' ' ' || true)
