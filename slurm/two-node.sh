@@ -42,7 +42,8 @@ slurmd_pid_file() { echo "$RUN_DIR/slurmd-$1.pid"; }
 namespaces() { echo "$HEAD_NS"; for n in "${NODES[@]}"; do node_ns "$n"; done; }
 ns_exists() { [ -e "/run/netns/$1" ]; }
 # enter NS HOSTNAME COMMAND...: run COMMAND in network namespace NS, in a mount namespace where
-# /etc/hosts and /etc/slurm are this cluster's (from /etc/netns/NS) and, unless HOSTNAME is
+# /etc/hosts, /etc/resolv.conf and /etc/slurm are this cluster's (from /etc/netns/NS: names
+# resolve from the hosts file alone, no outside DNS server is asked) and, unless HOSTNAME is
 # empty, a UTS namespace of that hostname. (Not `ip netns exec`: it remounts /sys, hiding the
 # cgroup mounts slurmd needs.)
 enter() {
@@ -54,6 +55,7 @@ enter() {
         shift 2
         mount --bind "$etc/hosts" /etc/hosts
         mount --bind "$etc/slurm" /etc/slurm
+        mount --bind "$etc/resolv.conf" /etc/resolv.conf
         [ -z "$host" ] || hostname "$host"
         exec "$@"' sh "$NETNS_ETC/$ns" "$host" "$@"
 }
@@ -133,6 +135,10 @@ write_etc() {
         install -d -m 0755 "$NETNS_ETC/$ns/slurm"
         printf '%s\n' "$conf" > "$NETNS_ETC/$ns/slurm/slurm.conf"
         printf '%s' "$hosts" > "$NETNS_ETC/$ns/hosts"
+        # The namespace's own loopback, where nothing listens: a name missing from the hosts
+        # file fails at once, and no query ever leaves the namespace.
+        printf '# two-node SLURM cluster: names come from /etc/hosts only\nnameserver 127.0.0.1\n' \
+            > "$NETNS_ETC/$ns/resolv.conf"
     done
 }
 
@@ -361,6 +367,9 @@ case "${1:-}" in
     start) shift; cmd_start "$@" ;;
     stop) shift; cmd_stop "$@" ;;
     check) cmd_check ;;
+    present)  # exit 0 when anything start left is there (what `slurm/stop.sh` asks)
+        for ns in $(namespaces); do ns_exists "$ns" && exit 0; done
+        [ -d "$RUN_DIR" ] ;;
     exec)
         shift
         [ $# -gt 0 ] || { echo "two-node.sh exec: name a command, e.g. sinfo" >&2; exit 2; }
@@ -370,5 +379,5 @@ case "${1:-}" in
         on_head "$@" ;;
     -h|--help|"") sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
                   [ -n "${1:-}" ] || exit 2 ;;
-    *) echo "two-node.sh: unknown command '$1' (valid: start, stop, check, exec)" >&2; exit 2 ;;
+    *) echo "two-node.sh: unknown command '$1' (valid: start, stop, check, present, exec)" >&2; exit 2 ;;
 esac
