@@ -104,7 +104,9 @@ def find_two_node_cluster() -> tuple[bool, str, bool]:
     if check.returncode == 3:  # this machine refuses namespaces: nothing to start
         return False, check.stderr.strip().removeprefix("two-node: "), True
     lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-    return False, lines[-1] if lines else f"exit {done.returncode}", False
+    if not lines or "is not running" in lines[-1]:
+        return False, "its namespaces do not exist", False
+    return False, lines[-1], False
 
 
 @pytest.fixture(scope="session")
