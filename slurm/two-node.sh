@@ -11,9 +11,10 @@
 # moco3-node2 (one slurmd each, hostnames node1 and node2). Addresses 10.213.0.0/24 exist only
 # on the bridge and veth ends inside these namespaces, which have no default route: their
 # traffic cannot leave them, and nothing outside them can reach them. The one-node cluster
-# (root namespace, 127.0.0.1) is untouched and may run at the same time. stop ends every
-# process in the namespaces (daemons and jobs), deletes the namespaces and their interfaces,
-# and removes the files start wrote outside the log and state directories.
+# (root namespace, 127.0.0.1) is untouched and may run at the same time. stop requeues the
+# running jobs (--wipe: cancels them and erases the state), ends every process in the
+# namespaces (daemons and jobs), deletes the namespaces and their interfaces, and removes the
+# files start wrote outside the log and state directories.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -315,7 +316,7 @@ kill_namespace() {
 }
 
 cmd_stop() {
-    local wipe=0 ns job_ids ctld
+    local wipe=0 ns job_ids job ctld
     while [ $# -gt 0 ]; do
         case "$1" in
             --wipe) wipe=1 ;;
@@ -333,6 +334,16 @@ cmd_stop() {
                 # shellcheck disable=SC2086
                 on_head scancel $job_ids || true
             fi
+        else
+            # Their nodes stop with the cluster: requeue the running jobs (a moco3 run resumes
+            # from its checkpoint at the next start), or cancel one that may not requeue,
+            # rather than leave the controller believing they still run.
+            job_ids=$(on_head squeue -h -t RUNNING,COMPLETING -o %A 2>/dev/null | tr '\n' ' ' \
+                      || true)
+            for job in $job_ids; do
+                say "requeueing running job $job"
+                on_head scontrol requeue "$job" 2>/dev/null || on_head scancel "$job" || true
+            done
         fi
         say "scontrol shutdown"
         on_head scontrol shutdown >/dev/null 2>&1 || true
