@@ -215,11 +215,15 @@ def check_layout(runs: list[PlannedRun], launcher: DictConfig) -> None:
     evenly over its processes; refuse with one sentence before anything is written."""
     for r in runs:
         nodes, per_node = slurm_jobs.node_layout(r.resources, launcher)
-        if nodes > 1 and launcher.kind != "slurm":
-            raise LaunchError(f"run {r.run_id} asks for resources.nodes={nodes}: only "
-                              "launcher=slurm spans nodes; use it, or set resources.nodes=1.")
+        if launcher.kind != "slurm":
+            # (GPUs this machine lacks are refused by local_slots, dry runs aside.)
+            if (r.resources.get("nodes") or 1) > 1:
+                raise LaunchError(f"run {r.run_id} asks for resources.nodes="
+                                  f"{r.resources['nodes']}: only launcher=slurm spans nodes; "
+                                  "use it, or set resources.nodes=1.")
+            continue
         tasks = nodes * per_node
-        if launcher.kind == "slurm" and r.config.train.batch_size % tasks:
+        if r.config.train.batch_size % tasks:
             raise LaunchError(f"run {r.run_id}: train.batch_size={r.config.train.batch_size} "
                               f"does not split evenly over its {tasks} processes; use a "
                               f"multiple of {tasks}.")
