@@ -126,7 +126,7 @@ render_conf() {
         }' "$here/two-node.conf.in"
 }
 
-# write_etc: per namespace, the files `ip netns exec` mounts over /etc inside it only.
+# write_etc: per namespace, the files `enter` mounts over /etc inside it only.
 write_etc() {
     local conf hosts ns n
     conf=$(render_conf)
