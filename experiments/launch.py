@@ -210,6 +210,25 @@ def check_data(runs: list[PlannedRun], download_ok: bool,
             raise LaunchError(f"run {run.run_id}: {err}") from None
 
 
+def check_layout(runs: list[PlannedRun], launcher: DictConfig) -> None:
+    """Every run's nodes and tasks are possible with this launcher, and its batch splits
+    evenly over its processes; refuse with one sentence before anything is written."""
+    for r in runs:
+        nodes, per_node = slurm_jobs.node_layout(r.resources, launcher)
+        if launcher.kind != "slurm":
+            # (GPUs this machine lacks are refused by local_slots, dry runs aside.)
+            if (r.resources.get("nodes") or 1) > 1:
+                raise LaunchError(f"run {r.run_id} asks for resources.nodes="
+                                  f"{r.resources['nodes']}: only launcher=slurm spans nodes; "
+                                  "use it, or set resources.nodes=1.")
+            continue
+        tasks = nodes * per_node
+        if r.config.train.batch_size % tasks:
+            raise LaunchError(f"run {r.run_id}: train.batch_size={r.config.train.batch_size} "
+                              f"does not split evenly over its {tasks} processes; use a "
+                              f"multiple of {tasks}.")
+
+
 # -- dry run ---------------------------------------------------------------------------------
 def _hours(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2g}"
@@ -230,7 +249,7 @@ def describe(runs: list[PlannedRun], decisions: dict[str, Decision], launcher: D
             total_cpu += cost.cpu_core_hours(r.config)
         d = decisions[r.run_id]
         rows.append([r.run_id, *(r.factors.get(n, "-") for n in names), str(r.seed), str(gpus),
-                     str(-(-gpus // launcher.gpus_per_node)) if gpus else "-",
+                     str(slurm_jobs.node_layout(r.resources, launcher)[0]),
                      str(r.config.train.batch_size), str(r.config.train.epochs), _hours(gpu_h),
                      d.reason if d.action == "submit" else f"{d.action}: {d.reason}"[:60]])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -307,6 +326,7 @@ class Launch:
         launcher = resolve_launcher(self.cfg, self.overrides, self.say)
         check_data(runs, download_ok=not self.cfg.dry_run,
                    missing=self.say if self.cfg.dry_run else None)
+        check_layout(runs, launcher)
         if self.cfg.dry_run:
             self.say(describe(runs, self.decisions(runs), launcher))
             return 0

@@ -58,6 +58,9 @@ class ResourcesConfig:
     """What one run needs; an ablation level may change it (e.g. more GPUs for larger batches)."""
 
     gpus: int = 0  # in total; 0 = a CPU run. Multi-GPU runs get one process per GPU.
+    # SLURM nodes; None: ceil(gpus / launcher.gpus_per_node), or 1 for a CPU run. A CPU run on
+    # N nodes is N processes (one task per node, gloo) sharing train.batch_size equally.
+    nodes: int | None = None
     cpus: int | None = None  # cores of a CPU run on SLURM; None: launcher.cpus_per_task
     timeout_min: int | None = None  # None: launcher.timeout_min
     mem_gb: float | None = None  # per node; None: launcher.mem_gb

@@ -1,8 +1,9 @@
 """Submitting runs to SLURM with submitit, and asking SLURM about them.
 
-One job array per resource group. A run with G GPUs gets ceil(G / gpus_per_node) nodes with
-one task per GPU (submitit exports the torch.distributed environment that
-moco3.dist.init_distributed reads); a CPU run gets one task. Each launch gets a fresh
+One job array per resource group. A run with G GPUs gets ceil(G / gpus_per_node) nodes (or
+resources.nodes) with one task per GPU (submitit exports the torch.distributed environment
+that moco3.dist.init_distributed reads); a CPU run gets one task on each of its
+resources.nodes nodes (default 1), joined over gloo. Each launch gets a fresh
 submitit folder: job ids restart at 1 on a wiped cluster, and a reused folder could hand
 back an old job's result.
 """
@@ -73,21 +74,36 @@ def accounting_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
+def node_layout(resources: dict[str, Any], launcher: DictConfig) -> tuple[int, int]:
+    """(nodes, tasks per node) of one run: one task per GPU, or one per node for a CPU run.
+    Raises LaunchError, in one sentence, for a split SLURM could not give."""
+    gpus = int(resources["gpus"])
+    asked = resources.get("nodes")
+    if asked is not None and int(asked) < 1:
+        raise LaunchError(f"resources.nodes={asked} is not valid; use 1 or more, or null (one "
+                          "node per launcher.gpus_per_node GPUs, one node for a CPU run).")
+    if not gpus:
+        return int(asked or 1), 1
+    nodes = int(asked) if asked is not None else math.ceil(gpus / launcher.gpus_per_node)
+    if gpus % nodes:
+        raise LaunchError(f"resources.gpus={gpus} does not split evenly over {nodes} nodes; "
+                          f"use a multiple of {nodes} GPUs, or other resources.nodes.")
+    if gpus // nodes > launcher.gpus_per_node:
+        raise LaunchError(f"resources.gpus={gpus} on resources.nodes={nodes} is "
+                          f"{gpus // nodes} GPUs per node, more than launcher.gpus_per_node="
+                          f"{launcher.gpus_per_node}; use at least "
+                          f"{math.ceil(gpus / launcher.gpus_per_node)} nodes.")
+    return nodes, gpus // nodes
+
+
 def job_parameters(resources: dict[str, Any], launcher: DictConfig, name: str) -> dict[str, Any]:
     """SlurmExecutor parameters of one resource group, from the run's needs and the profile."""
-    gpus = int(resources["gpus"])
-    if gpus > 0:
-        nodes = math.ceil(gpus / launcher.gpus_per_node)
-        if gpus % nodes:
-            raise LaunchError(f"resources.gpus={gpus} does not split evenly over {nodes} nodes of "
-                             f"{launcher.gpus_per_node} GPUs; use a multiple of {nodes}.")
-        per_node = gpus // nodes
-        params: dict[str, Any] = {"nodes": nodes, "ntasks_per_node": per_node,
-                                  "gpus_per_node": per_node,
-                                  "cpus_per_task": launcher.cpus_per_task}
+    nodes, per_node = node_layout(resources, launcher)
+    params: dict[str, Any] = {"nodes": nodes, "ntasks_per_node": per_node}
+    if int(resources["gpus"]) > 0:
+        params.update(gpus_per_node=per_node, cpus_per_task=launcher.cpus_per_task)
     else:
-        params = {"nodes": 1, "ntasks_per_node": 1,
-                  "cpus_per_task": resources.get("cpus") or launcher.cpus_per_task}
+        params["cpus_per_task"] = resources.get("cpus") or launcher.cpus_per_task
     mem = resources.get("mem_gb") or launcher.mem_gb
     if mem:
         params["mem"] = f"{int(math.ceil(mem))}GB"

@@ -90,6 +90,18 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+def rank_hosts() -> list[str]:
+    """The hostname of every rank, in rank order (a collective: call it on every rank)."""
+    import socket
+
+    host = socket.gethostname()
+    if get_world_size() == 1:
+        return [host]
+    hosts: list[str] = [""] * get_world_size()
+    dist.all_gather_object(hosts, host)
+    return hosts
+
+
 def get_rank() -> int:
     """Global rank; 0 without a process group."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

@@ -87,7 +87,8 @@ def run_job(run_dir: str | Path, config_sha256: str | None = None, threads: int 
         from moco3.provenance import environment_record
         from moco3.train import train
 
-        runlog.append_env(environment_record(info.world_size))
+        hosts = dist.rank_hosts()  # every rank, before only the main one writes
+        runlog.append_env(environment_record(info.world_size, hosts))
         if on_start is not None:
             on_start()
         state = train(cfg, run_dir, log=log, on_row=on_row, threads=threads)

@@ -34,8 +34,10 @@ def _version(package: str) -> str | None:
         return None
 
 
-def environment_record(world_size: int) -> dict[str, Any]:
-    """One provenance record of this process (call it on the main rank)."""
+def environment_record(world_size: int, hosts: list[str] | None = None) -> dict[str, Any]:
+    """One provenance record of this process (call it on the main rank); `hosts`: every
+    rank's hostname in rank order (moco3.dist.rank_hosts), which shows where a run that
+    spans nodes ran."""
     cuda = torch.cuda.is_available()
     record: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -51,6 +53,7 @@ def environment_record(world_size: int) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_cores": len(os.sched_getaffinity(0)),
         "world_size": world_size,
+        "hosts": hosts if hosts is not None else [socket.gethostname()],
         **git_state(Path(__file__).resolve().parent),
     }
     record.update({k.lower(): os.environ[k] for k in SLURM_VARIABLES if k in os.environ})

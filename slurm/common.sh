@@ -46,6 +46,20 @@ daemon_pid() {
     echo "$pid"
 }
 
+# stop_daemon NAME PIDFILE: SIGTERM the daemon named in PIDFILE, SIGKILL it after 20 s.
+stop_daemon() {
+    local name=$1 pidfile=$2 pid
+    pid=$(daemon_pid "$name" "$pidfile") || return 0
+    echo "${0##*/}: stopping $name ($pid)"
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 1 40); do
+        pid_alive "$pid" || return 0
+        sleep 0.5
+    done
+    echo "${0##*/}: $name ($pid) ignored SIGTERM for 20 s: killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
 # node_state: the node's state as sinfo prints it (idle, mixed, down*, drained, ...), or nothing
 # (never fails: callers run under set -e and poll it while the controller starts).
 node_state() {

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Start the single-node SLURM cluster written by slurm/install.sh (as root, without systemd).
 #
-#   bash slurm/start.sh [--timeout SECONDS]
+#   bash slurm/start.sh [--timeout SECONDS] [--nodes 1|2]
 #
+# --nodes 2 starts the two-node cluster instead (slurm/two-node.sh: a controller and two
+# slurmd, each in its own network namespace); it exits 3, saying why, where this machine
+# cannot create network namespaces. The rest of this comment is about the default, one node.
 # Idempotent: starts only the daemons that are not running (munged, then MariaDB and slurmdbd
 # when accounting is on, then slurmctld and slurmd), resumes the node if it is down or drained,
 # and waits until sinfo shows it up (idle, mixed or allocated). If the node does not come up in
@@ -14,15 +17,26 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/common.sh"
 
 timeout_s=${MOCO3_SLURM_START_TIMEOUT:-60}
+nodes=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --timeout) timeout_s=${2:?--timeout needs seconds}; shift ;;
         --timeout=*) timeout_s=${1#*=} ;;
-        -h|--help) sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "start.sh: unknown option '$1' (valid: --timeout SECONDS)" >&2; exit 2 ;;
+        --nodes) nodes=${2:?--nodes needs 1 or 2}; shift ;;
+        --nodes=*) nodes=${1#*=} ;;
+        -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "start.sh: unknown option '$1' (valid: --timeout SECONDS, --nodes 1|2)" >&2
+           exit 2 ;;
     esac
     shift
 done
+case "$nodes" in
+    1) ;;
+    2) exec bash "$here/two-node.sh" start --timeout "$timeout_s" ;;
+    *) echo "start.sh: --nodes $nodes is not valid: 1 (loopback, the default) or 2" \
+            "(two namespaced nodes)." >&2
+       exit 2 ;;
+esac
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "start.sh: run as root (the daemons run as root on this single-node cluster)." >&2

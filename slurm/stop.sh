@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Stop the single-node SLURM cluster started by slurm/start.sh.
+# Stop the SLURM clusters started by slurm/start.sh.
 #
-#   bash slurm/stop.sh [--wipe]
+#   bash slurm/stop.sh [--wipe] [--nodes 1|2]
 #
+# Without --nodes it stops both: the one-node cluster, and the two-node one if it runs
+# (slurm/two-node.sh stop: every process in its namespaces, then the namespaces). --nodes 1 or
+# --nodes 2 stops only that one. The rest of this comment is about the one-node cluster.
 # Stops slurmctld and slurmd (scontrol shutdown), then slurmdbd, MariaDB and munged, each by the
 # pid in its pid file. Jobs still running keep their state and are picked up by the next start.
 # --wipe first cancels every job, then erases the controller's state and the accounting database
@@ -15,33 +18,39 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/common.sh"
 
 wipe=0
+nodes=all
 while [ $# -gt 0 ]; do
     case "$1" in
         --wipe) wipe=1 ;;
-        -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "stop.sh: unknown option '$1' (valid: --wipe)" >&2; exit 2 ;;
+        --nodes) nodes=${2:?--nodes needs 1 or 2}; shift ;;
+        --nodes=*) nodes=${1#*=} ;;
+        -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "stop.sh: unknown option '$1' (valid: --wipe, --nodes 1|2)" >&2; exit 2 ;;
     esac
     shift
 done
+case "$nodes" in
+    1|2|all) ;;
+    *) echo "stop.sh: --nodes $nodes is not valid: 1 or 2 (or leave it out to stop both)." >&2
+       exit 2 ;;
+esac
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "stop.sh: run as root." >&2
     exit 1
 fi
 
-# stop_daemon NAME PIDFILE: SIGTERM the daemon named in PIDFILE, SIGKILL it after 20 s.
-stop_daemon() {
-    local name=$1 pidfile=$2 pid
-    pid=$(daemon_pid "$name" "$pidfile") || return 0
-    echo "stop.sh: stopping $name ($pid)"
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 1 40); do
-        pid_alive "$pid" || return 0
-        sleep 0.5
-    done
-    echo "stop.sh: $name ($pid) ignored SIGTERM for 20 s: killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-}
+if [ "$nodes" != 1 ]; then
+    wipe_arg=()
+    [ "$wipe" = 1 ] && wipe_arg=(--wipe)
+    if [ "$nodes" = 2 ]; then
+        exec bash "$here/two-node.sh" stop "${wipe_arg[@]}"
+    fi
+    # Both: the two-node cluster only if something of it is there (its namespaces, run dir).
+    if bash "$here/two-node.sh" present; then
+        bash "$here/two-node.sh" stop "${wipe_arg[@]}"
+    fi
+fi
 
 ctld_pid=$(daemon_pid slurmctld "$SLURMCTLD_PIDFILE" || true)
 if [ "$wipe" = 1 ] && [ -n "$ctld_pid" ]; then

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,56 @@ def slurm_cluster() -> SlurmCluster:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     return cluster
+
+
+# -- the two-node cluster (slurm/two-node.sh; `bash slurm/start.sh --nodes 2`) -------------------
+TWO_NODE = Path(__file__).resolve().parent.parent / "slurm" / "two-node.sh"
+TWO_NODES = ("node1", "node2")
+TWO_NODE_NOT_RUNNING = ("the two-node SLURM cluster is not running: start it with "
+                        "bash slurm/start.sh --nodes 2")
+
+
+def on_two_nodes(*cmd: str, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
+    """Run `cmd` on the two-node cluster's login namespace (its SLURM clients and network)."""
+    return subprocess.run(["bash", str(TWO_NODE), "exec", *cmd], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def find_two_node_cluster() -> tuple[bool, str, bool]:
+    """(running, why not, namespaces impossible here): is the two-node cluster up?"""
+    if os.geteuid() != 0:
+        return False, "network namespaces need root", True
+    if shutil.which("sinfo") is None:
+        return False, "sinfo is not installed (bash slurm/install.sh)", False
+    try:
+        done = on_two_nodes("sinfo", "-h", "-N", "-o", "%N %T", timeout=20)
+    except subprocess.TimeoutExpired:
+        return False, "sinfo on the two-node cluster did not answer in 20 s", False
+    if done.returncode == 0:
+        states = dict(line.split()[:2] for line in done.stdout.splitlines() if line.split())
+        if all(states.get(node) in UP_STATES for node in TWO_NODES):
+            return True, "", False
+        return False, f"its nodes are not up ({states or 'none'})", False
+    check = subprocess.run(["bash", str(TWO_NODE), "check"], capture_output=True, text=True,
+                           timeout=60)
+    if check.returncode == 3:  # this machine refuses namespaces: nothing to start
+        return False, check.stderr.strip().removeprefix("two-node: "), True
+    lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+    if not lines or "is not running" in lines[-1]:
+        return False, "its namespaces do not exist", False
+    return False, lines[-1], False
+
+
+@pytest.fixture(scope="session")
+def two_node_cluster() -> tuple[str, ...]:
+    """The two nodes' names; skips where this machine cannot create network namespaces
+    (always, with the reason), or without the cluster (fails instead when env CI is set)."""
+    running, why, impossible = find_two_node_cluster()
+    if running:
+        return TWO_NODES
+    if impossible:
+        pytest.skip(f"two-node SLURM tests skipped: {why}")
+    message = f"{TWO_NODE_NOT_RUNNING} ({why})"
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)

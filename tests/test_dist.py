@@ -26,6 +26,7 @@ from moco3.dist import (
     get_world_size,
     init_distributed,
     is_main_process,
+    rank_hosts,
 )
 from moco3.loss import infonce, infonce_with_negatives
 from moco3.negatives import build_negatives
@@ -156,6 +157,7 @@ def _torchrun_worker(rank: int, port: int) -> None:
         assert dist.get_backend() == "gloo"
         assert (get_rank(), get_world_size(), is_main_process()) == (rank, WORLD, rank == 0)
         assert init_distributed() == info  # idempotent
+        assert rank_hosts() == [socket.gethostname()] * WORLD  # one host here, every rank
         _check_gathers(rank)
         _check_in_batch_and_end_to_end(rank, "in_batch")
         _check_in_batch_and_end_to_end(rank, "end_to_end")
@@ -213,6 +215,7 @@ def test_single_process_gets_no_process_group(no_launcher):
 
 
 def test_gathers_are_identity_without_process_group():
+    assert rank_hosts() == [socket.gethostname()]
     t = torch.randn(4, 3, requires_grad=True)
     assert concat_all_gather(t) is t
     out = gather_with_grad(t)

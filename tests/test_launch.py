@@ -32,7 +32,7 @@ from experiments.rundir import (
     write_run,
 )
 from experiments.schema import register
-from experiments.slurm_jobs import job_parameters
+from experiments.slurm_jobs import job_parameters, node_layout
 from moco3.config import RunConfig, load_run_config
 from moco3.runlog import RunLog
 from runfolder.atomic import read_json
@@ -271,6 +271,54 @@ def test_the_cluster_profile_is_merged_and_the_command_line_wins(tmp_path, monke
     monkeypatch.setenv("MOCO3_CLUSTER_PROFILE", str(tmp_path / "bad.yaml"))
     with pytest.raises(LaunchError, match="partitoin"):
         resolve_launcher(_compose(["launcher=slurm"]), ["launcher=slurm"], print)
+
+
+def test_resources_nodes_sets_the_slurm_layout():
+    launcher = _compose(["launcher=slurm"]).launcher  # gpus_per_node 8
+    cpu = {"gpus": 0, "cpus": 1, "nodes": 2, "timeout_min": None, "mem_gb": 1}
+    params = job_parameters(cpu, launcher, "j")
+    assert (params["nodes"], params["ntasks_per_node"], params["cpus_per_task"]) == (2, 1, 1)
+    assert "gpus_per_node" not in params and params["mem"] == "1GB"
+    assert node_layout({"gpus": 0, "nodes": None}, launcher) == (1, 1)
+    assert node_layout({"gpus": 16, "nodes": None}, launcher) == (2, 8)
+    assert node_layout({"gpus": 8, "nodes": 4}, launcher) == (4, 2)  # spread out on purpose
+    with pytest.raises(LaunchError, match="8 GPUs per node, more than launcher.gpus_per_node=4"):
+        node_layout({"gpus": 16, "nodes": 2}, _compose(["launcher=slurm",
+                                                        "launcher.gpus_per_node=4"]).launcher)
+    with pytest.raises(LaunchError, match="does not split evenly over 3 nodes"):
+        node_layout({"gpus": 8, "nodes": 3}, launcher)
+    with pytest.raises(LaunchError, match="resources.nodes=0 is not valid"):
+        node_layout({"gpus": 0, "nodes": 0}, launcher)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["launcher=local", "resources.nodes=2"],
+     "asks for resources.nodes=2: only launcher=slurm spans nodes"),
+    (["launcher=slurm", "resources.nodes=3", "train.batch_size=64"],
+     "train.batch_size=64 does not split evenly over its 3 processes; use a multiple of 3"),
+])
+def test_a_node_layout_the_job_cannot_get_is_refused_before_anything_is_written(
+        tmp_path, capsys, args, message):
+    cfg = _compose(["ablation=none", f"runs_root={tmp_path}/runs", *args])
+    assert launch(cfg, "none", "tiny") == 2
+    assert message in capsys.readouterr().err
+    assert _files(tmp_path) == []
+
+
+def test_the_dry_run_nodes_column_is_what_the_job_gets(tmp_path):
+    said: list[str] = []
+    for nodes in ("null", "2"):
+        cfg = _compose(["ablation=none", "launcher=slurm", f"resources.nodes={nodes}",
+                        f"runs_root={tmp_path}/runs", "dry_run=true"])
+        said.clear()
+        assert launch(cfg, "none", "tiny", say=said.append) == 0
+        lines = "\n".join(said).splitlines()
+        header = next(line for line in lines if line.startswith("run ")).split()
+        row = next(line for line in lines if line.startswith("baseline/seed=0")).split()
+        expected = job_parameters(OmegaConf.to_container(cfg.resources), cfg.launcher, "j")
+        assert row[header.index("nodes")] == str(expected["nodes"]) == ("1" if nodes == "null"
+                                                                        else nodes)
+    assert _files(tmp_path) == []
 
 
 def test_the_local_pool_bounds_parallelism(tmp_path, monkeypatch):
