@@ -47,6 +47,7 @@ from analysis.collect import (  # noqa: E402
     resolve_runs_root,
 )
 from analysis.reference import REFERENCES  # noqa: E402
+from analysis.study import load_study  # noqa: E402
 
 FIGURE_MANIFEST = ".figures.json"
 SKIPPED_LIST_CAP = 40
@@ -118,29 +119,53 @@ def _provenance_text(value: object) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def pixels_note(runs: pd.DataFrame) -> str:
-    """kNN of the encoder against the same kNN on raw pixels: has it learned more?
+def floors_note(runs: pd.DataFrame, knn: pd.DataFrame | None = None) -> str:
+    """kNN of the trained encoders against two floors: the same kNN on raw pixels, and on the
+    same encoder at step 0 (random init: what the architecture gives without learning).
 
-    Per level (the mean over its finished seeds) as well as over all runs: a study's levels
-    include deliberately bad settings (a stress lr, m = 0), which pull the overall mean
-    down without saying anything about what the method learns at a good one."""
-    done = runs[runs["state"] == "done"]
-    if "knn_top1_pixels" not in done or done["knn_top1_pixels"].dropna().empty:
+    Overall and per level (the mean over its finished seeds): a study's levels include
+    deliberately bad settings (a stress lr, m = 0), which pull the overall mean down without
+    saying anything about what the method learns at a good one."""
+    done = runs[runs["state"] == "done"].dropna(subset=["knn_top1"])
+    floors = {}
+    if "knn_top1_pixels" in done and done["knn_top1_pixels"].notna().any():
+        floors["pixels"] = done.set_index("run_dir")["knn_top1_pixels"] \
+            if "run_dir" in done else done["knn_top1_pixels"]
+    if knn is not None and len(knn) and "step" in knn and "run_dir" in done:
+        init = knn[(knn["step"] == 0) & knn["run_dir"].isin(done["run_dir"])]
+        init = init.dropna(subset=["knn_top1"]).groupby("run_dir")["knn_top1"].last()
+        if len(init):
+            floors["random init"] = init
+    if done.empty or not floors:
         return ""
-    pixels = done["knn_top1_pixels"].dropna().mean()
-    encoder = done["knn_top1"].dropna()
-    levels = done.dropna(subset=["knn_top1"]).groupby("factor_label")["knn_top1"].mean()
-    per_level = ""
-    if len(levels) > 1:
-        best, worst = levels.idxmax(), levels.idxmin()
-        clear = int(((levels - pixels).round(1) >= 10).sum())  # as printed, to 0.1 point
-        per_level = (f" Per level (mean over seeds): best `{best}` {levels[best]:.1f} % "
-                     f"({levels[best] - pixels:+.1f}), worst `{worst}` {levels[worst]:.1f} % "
-                     f"({levels[worst] - pixels:+.1f}); {clear} of {len(levels)} levels are 10 "
-                     "or more points above the pixels.")
-    return (f"kNN top-1 of the pre-trained encoders {encoder.min():.1f}-{encoder.max():.1f} % "
-            f"(mean {encoder.mean():.1f}) against {pixels:.1f} % for the same kNN on raw "
-            f"pixels of the same images: {encoder.mean() - pixels:+.1f} points.{per_level}\n\n")
+    keyed = done.set_index("run_dir") if "run_dir" in done else done
+    encoder = keyed["knn_top1"]
+    parts = []
+    for name, floor in floors.items():
+        margin = (encoder - floor.reindex(encoder.index)).dropna()
+        parts.append(f"{floor.reindex(margin.index).mean():.1f} % for {name} "
+                     f"({margin.mean():+.1f} points)")
+    text = (f"kNN top-1 of the pre-trained encoders {encoder.min():.1f}-{encoder.max():.1f} % "
+            f"(mean {encoder.mean():.1f}) against " + " and ".join(parts) + ": the same kNN "
+            "on raw pixels of the same images, and on the same encoder at step 0.")
+    levels = keyed.groupby("factor_label")
+    if levels.ngroups > 1:
+        lines = ["| level | kNN top-1 | " + " | ".join(f"over {n}" for n in floors) + " |",
+                 "|---|---:|" + "---:|" * len(floors)]
+        order = encoder.groupby(keyed["factor_label"]).mean().sort_values(ascending=False)
+        for label in order.index:
+            group = keyed[keyed["factor_label"] == label]
+            cells = [f"{(group['knn_top1'] - floor.reindex(group.index)).dropna().mean():+.1f}"
+                     for floor in floors.values()]
+            lines.append(f"| `{label}` | {order[label]:.1f} | " + " | ".join(cells) + " |")
+        clear = {n: int(sum((keyed[keyed["factor_label"] == label]["knn_top1"]
+                             - f.reindex(keyed[keyed["factor_label"] == label].index))
+                            .dropna().mean().round(1) >= 10 for label in order.index))
+                 for n, f in floors.items()}
+        text += (" Per level (mean over seeds; " + ", ".join(
+            f"{c} of {len(order)} levels 10 or more points over {n}" for n, c in clear.items())
+            + "):\n\n" + "\n".join(lines))
+    return text + "\n\n"
 
 
 def _anchor(ablation: str) -> str:
@@ -312,7 +337,10 @@ def build_report(
                                 "logged yet)")
         t_specs += time.perf_counter() - t
 
-        findings = verdicts.verdict_table(ablation, ab_runs, table.metric)
+        study = load_study(collection.root / ablation)
+        if study.problem:
+            figure_notes.append(f"{ablation}: findings not judged: {study.problem}")
+        findings = verdicts.verdict_table(study, ab_runs)
         if not findings.empty:
             findings.to_csv(out / "tables" / f"{ablation}_verdicts.csv", index=False)
         header = f"## {ablation}\n\n<a id=\"{_anchor(ablation)}\"></a>\n"
@@ -322,8 +350,8 @@ def build_report(
             header, setting, tables.to_markdown(table),
             f"Table files: [Markdown](tables/{ablation}.md) · [LaTeX](tables/{ablation}.tex) · "
             f"[CSV](tables/{ablation}.csv)\n",
-            *([f"### The paper's findings here\n\n{pixels_note(ab_runs)}"
-               f"{verdicts.to_markdown(findings)}\n{verdicts.RULE}\n"]
+            *([f"### Floors\n\n{floors}"] if (floors := floors_note(ab_runs, knn)) else []),
+            *([f"### Findings\n\n{verdicts.to_markdown(findings)}\n{verdicts.RULE}\n"]
               if not findings.empty else []),
             *figures_md,
         ]))
