@@ -71,7 +71,10 @@ def compare(a: np.ndarray, b: np.ndarray, paired: bool) -> dict[str, np.ndarray]
             sd = np.sqrt((_var(a) + _var(b)) / 2)
         ci = res.confidence_interval(1 - ALPHA)
     p = np.asarray(res.pvalue, dtype=float)
-    # No noise at all: the test is undefined (0 / 0); a nonzero difference is then certain.
+    # No noise at all (up to float rounding): the test is undefined (0 / 0); a nonzero
+    # difference is then certain.
+    scale = np.maximum(np.abs(a).max(axis=-1), np.abs(b).max(axis=-1))
+    sd = np.where(sd <= 1e-9 * np.maximum(scale, 1.0), 0.0, sd)
     exact = (sd == 0) & (diff != 0)
     p = np.where(exact, 0.0, p)
     low = np.where(exact, diff, np.asarray(ci.low, dtype=float))
@@ -130,11 +133,17 @@ def power(effect: float, sd: float, n: int, paired: bool, alpha: float = ALPHA) 
     variances)."""
     if not (sd > 0) or n < 2 or not math.isfinite(effect):
         return math.nan
+    ncp = effect / (sd * math.sqrt(2 / n)) if not paired else effect / (sd / math.sqrt(n))
+    if abs(ncp) > 60:  # beyond what scipy's noncentral t evaluates; the power is 1
+        return 1.0
     if not paired:
-        return _welch_power(effect / (sd * math.sqrt(2 / n)), n, alpha)
-    df, ncp = n - 1, effect / (sd / math.sqrt(n))
+        return _welch_power(ncp, n, alpha)
+    df = n - 1
     t_crit = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(t_crit, df, ncp) + stats.nct.cdf(-t_crit, df, ncp))
+    # Both tails as upper tails (P(T < -c | ncp) = P(T > c | -ncp)): scipy's nct.cdf returns
+    # NaN in parts of the far lower tail, its sf does not.
+    return float(np.nan_to_num(stats.nct.sf(t_crit, df, ncp))
+                 + np.nan_to_num(stats.nct.sf(t_crit, df, -ncp)))
 
 
 def mdd(sd: float, n: int, paired: bool, alpha: float = ALPHA,
@@ -145,8 +154,11 @@ def mdd(sd: float, n: int, paired: bool, alpha: float = ALPHA,
     hi = sd
     while power(hi, sd, n, paired, alpha) < target:
         hi *= 2
-    return float(optimize.brentq(lambda e: power(e, sd, n, paired, alpha) - target, 0.0, hi,
-                                 xtol=1e-6 * sd))
+    try:
+        return float(optimize.brentq(lambda e: power(e, sd, n, paired, alpha) - target, 0.0,
+                                     hi, xtol=1e-6 * sd))
+    except ValueError:  # a power scipy could not evaluate: no number rather than a wrong one
+        return math.nan
 
 
 def seeds_needed(effect: float, sd: float, paired: bool, alpha: float = ALPHA,

@@ -94,6 +94,8 @@ def code_state(runs: pd.DataFrame) -> str:
     commits: set[str] = set()
     for value in runs.get("env.commit", pd.Series(dtype=object)).dropna():
         commits.update(part.strip() for part in str(value).split(" / "))
+    if not commits:
+        return "no commit recorded"
     notes = []
     bare = {c.removesuffix("+dirty") for c in commits}
     if len(bare) > 1:
@@ -179,6 +181,8 @@ def _num(value: float | None) -> str:
 def _p(value: float) -> str:
     if value is None or math.isnan(value):
         return "—"
+    if value == 0:
+        return "0 (no seed noise)"
     return f"{value:.3f}" if value >= 0.001 else f"{value:.0e}"
 
 

@@ -4,6 +4,7 @@ study declares (runfolder/study.py), and a null simulation through the same code
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -232,3 +233,122 @@ def test_the_floors_note_gives_margins_over_pixels_and_random_init_per_level():
     assert "1 of 2 levels 10 or more points over pixels, 1 of 2 levels 10 or more points " \
            "over random init" in note
     assert floors_note(runs.drop(columns="knn_top1_pixels")) == ""
+
+
+# -- a user's own study, end to end: YAML -> launch -> study.json -> the report command ------
+USER_STUDY = """\
+reproduces: "not in the paper: a temperature pair"
+seeds: [0, 1, 2]
+factors:
+  tau:
+    "0.1": {moco.tau: 0.1}
+    "0.2": {moco.tau: 0.2}
+findings:
+  - {claim: "tau 0.2 beats tau 0.1 on kNN", metric: knn_top1, sign: 1, paper_diff: 1.0,
+     a: {tau: "0.2"}, b: {tau: "0.1"}}
+  - {claim: "tau 0.2 loses on the probe", metric: linear_top1, sign: -1,
+     a: {tau: "0.2"}, b: {tau: "0.1"}}
+"""
+
+
+def _fake_job(monkeypatch):
+    """moco3's train and probe replaced by writers of finished run folders whose numbers
+    are a function of (tau, seed): tau 0.2 is about 5 kNN and 3 probe points better."""
+    import moco3.probe
+    import moco3.train
+    from experiments import rundir
+    from moco3.runlog import RunLog
+
+    def train(cfg, run_dir, **job):
+        log = RunLog(Path(run_dir))
+        gain = 5.0 + [0.4, -0.3, 0.2][cfg.seed] if cfg.moco.tau == 0.2 else 0.0
+        knn = 40.0 + gain + [0.1, -0.2, 0.3][cfg.seed]
+        log.set_state("running", step=0, total_steps=2)
+        log.append({"kind": "knn", "step": 0, "knn_top1": 20.0})
+        log.append({"kind": "knn", "step": 2, "knn_top1": knn})
+        log.write_summary({"state": "done", "knn_top1": knn, "knn_top1_pixels": 15.0})
+        log.set_state("running", step=2, phase="probe")
+        return "done"
+
+    def probe(cfg, run_dir, **job):
+        log = RunLog(Path(run_dir))
+        last = 30.0 + (3.0 if cfg.moco.tau == 0.2 else 0.0) + [0.2, 0.0, -0.1][cfg.seed]
+        for epoch, top1 in enumerate((last - 1, last + 2, last)):
+            log.append({"kind": "probe", "step": epoch, "probe_epoch": epoch,
+                        "probe_loss": 1.0, "probe_top1": top1, "lr": 0.1})
+        log.write_summary({"linear_top1": last + 2, "linear_top1_last": last})
+        log.set_state("done", phase="done")
+        return last + 2
+
+    monkeypatch.setattr(rundir, "code_changed", lambda run_dir: None)
+    monkeypatch.setattr(moco3.train, "train", train)
+    monkeypatch.setattr(moco3.probe, "probe", probe)
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from experiments.launch import CONF_DIR, hydra_argv
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose("config", overrides=hydra_argv(overrides))
+
+
+def test_a_users_own_study_gets_verdicts_through_the_report_command(tmp_path, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    from experiments.launch import launch
+    from experiments.schema import register
+
+    register()
+    conf = tmp_path / "studies"
+    (conf / "ablation").mkdir(parents=True)
+    (conf / "ablation" / "temperature.yaml").write_text(USER_STUDY)
+    monkeypatch.setenv("MOCO3_CONF_DIR", str(conf))
+    _fake_job(monkeypatch)
+    runs_root = tmp_path / "runs"
+    cfg = _compose(["ablation=temperature", "launcher=debug", f"runs_root={runs_root}"])
+    assert launch(cfg, "temperature", "tiny") == 0
+    study = json.loads((runs_root / "temperature" / "study.json").read_text())
+    assert [f["claim"] for f in study["findings"]] == ["tau 0.2 beats tau 0.1 on kNN",
+                                                       "tau 0.2 loses on the probe"]
+    assert {c["factors"]["tau"] for c in study["paper_cells"]} == {"0.1", "0.2"}
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "analysis" / "report.py"), "--runs-root",
+                           str(runs_root), "--out", str(tmp_path / "report"), "--no-pdf"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(tmp_path / "report" / "tables" / "temperature_verdicts.csv")
+    knn, probe = table.iloc[0], table.iloc[1]
+    assert knn["test"] == stats.PAIRED and knn["diff"] == pytest.approx(5.1)
+    assert knn["verdict"] == stats.REPRODUCED
+    assert knn["seeds_needed"] >= 2 and knn["gpu_hours"] > 0
+    # The probe's final epoch decides (3 points), not its best epoch on the eval set.
+    assert probe["diff"] == pytest.approx(3.0)
+    assert probe["verdict"] == stats.CONTRADICTED  # the user declared the other sign
+    readme = (tmp_path / "report" / "README.md").read_text()
+    assert "tau 0.2 beats tau 0.1 on kNN" in readme and "**reproduced**" in readme
+    assert "for random init (+" in readme  # the floors
+
+
+def test_a_finding_naming_a_missing_level_is_refused_at_compose_time(tmp_path, monkeypatch,
+                                                                     capsys):
+    from experiments.launch import launch
+    from experiments.schema import register
+
+    register()
+    conf = tmp_path / "studies"
+    (conf / "ablation").mkdir(parents=True)
+    (conf / "ablation" / "temperature.yaml").write_text(USER_STUDY.replace('b: {tau: "0.1"}}',
+                                                                           'b: {tau: "0.7"}}', 1))
+    monkeypatch.setenv("MOCO3_CONF_DIR", str(conf))
+    cfg = _compose(["ablation=temperature", "dry_run=true", f"runs_root={tmp_path}/runs"])
+    assert launch(cfg, "temperature", "tiny") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("launch.py: error: ablation temperature: finding 1 ('tau 0.2 beats tau 0.1 "
+                   "on kNN'): group B selects tau=0.7, which is not a level of tau (levels: "
+                   "0.1, 0.2).")
+    assert not (tmp_path / "runs").exists()
