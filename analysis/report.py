@@ -126,45 +126,37 @@ def floors_note(runs: pd.DataFrame, knn: pd.DataFrame | None = None) -> str:
     Overall and per level (the mean over its finished seeds): a study's levels include
     deliberately bad settings (a stress lr, m = 0), which pull the overall mean down without
     saying anything about what the method learns at a good one."""
-    done = runs[runs["state"] == "done"].dropna(subset=["knn_top1"])
-    floors = {}
+    done = runs[runs["state"] == "done"].dropna(subset=["knn_top1"]).set_index("run_dir")
+    floors: dict[str, pd.Series] = {}  # name -> floor per run (indexed by run_dir)
     if "knn_top1_pixels" in done and done["knn_top1_pixels"].notna().any():
-        floors["pixels"] = done.set_index("run_dir")["knn_top1_pixels"] \
-            if "run_dir" in done else done["knn_top1_pixels"]
-    if knn is not None and len(knn) and "step" in knn and "run_dir" in done:
-        init = knn[(knn["step"] == 0) & knn["run_dir"].isin(done["run_dir"])]
+        floors["pixels"] = done["knn_top1_pixels"]
+    if knn is not None and len(knn) and "step" in knn:
+        init = knn[(knn["step"] == 0) & knn["run_dir"].isin(done.index)]
         init = init.dropna(subset=["knn_top1"]).groupby("run_dir")["knn_top1"].last()
         if len(init):
             floors["random init"] = init
     if done.empty or not floors:
         return ""
-    keyed = done.set_index("run_dir") if "run_dir" in done else done
-    encoder = keyed["knn_top1"]
-    parts = []
-    for name, floor in floors.items():
-        margin = (encoder - floor.reindex(encoder.index)).dropna()
-        parts.append(f"{floor.reindex(margin.index).mean():.1f} % for {name} "
-                     f"({margin.mean():+.1f} points)")
+    encoder = done["knn_top1"]
+    margins = {name: (encoder - floor.reindex(done.index)) for name, floor in floors.items()}
+    parts = [f"{floors[name].reindex(m.dropna().index).mean():.1f} % for {name} "
+             f"({m.mean():+.1f} points)" for name, m in margins.items()]
     text = (f"kNN top-1 of the pre-trained encoders {encoder.min():.1f}-{encoder.max():.1f} % "
             f"(mean {encoder.mean():.1f}) against " + " and ".join(parts) + ": the same kNN "
             "on raw pixels of the same images, and on the same encoder at step 0.")
-    levels = keyed.groupby("factor_label")
-    if levels.ngroups > 1:
+    level = done["factor_label"]
+    if level.nunique() > 1:
+        means = encoder.groupby(level).mean().sort_values(ascending=False)
+        by_level = {name: m.groupby(level).mean().reindex(means.index)
+                    for name, m in margins.items()}
+        clear = [f"{int((m.round(1) >= 10).sum())} of {len(means)} levels 10 or more points "
+                 f"over {name}" for name, m in by_level.items()]  # as printed, to 0.1 point
         lines = ["| level | kNN top-1 | " + " | ".join(f"over {n}" for n in floors) + " |",
                  "|---|---:|" + "---:|" * len(floors)]
-        order = encoder.groupby(keyed["factor_label"]).mean().sort_values(ascending=False)
-        for label in order.index:
-            group = keyed[keyed["factor_label"] == label]
-            cells = [f"{(group['knn_top1'] - floor.reindex(group.index)).dropna().mean():+.1f}"
-                     for floor in floors.values()]
-            lines.append(f"| `{label}` | {order[label]:.1f} | " + " | ".join(cells) + " |")
-        clear = {n: int(sum((keyed[keyed["factor_label"] == label]["knn_top1"]
-                             - f.reindex(keyed[keyed["factor_label"] == label].index))
-                            .dropna().mean().round(1) >= 10 for label in order.index))
-                 for n, f in floors.items()}
-        text += (" Per level (mean over seeds; " + ", ".join(
-            f"{c} of {len(order)} levels 10 or more points over {n}" for n, c in clear.items())
-            + "):\n\n" + "\n".join(lines))
+        lines += [f"| `{label}` | {means[label]:.1f} | "
+                  + " | ".join(f"{m[label]:+.1f}" for m in by_level.values()) + " |"
+                  for label in means.index]
+        text += f" Per level (mean over seeds; {', '.join(clear)}):\n\n" + "\n".join(lines)
     return text + "\n\n"
 
 
@@ -381,7 +373,10 @@ def build_report(
         f"ablation(s) · built {_dt.datetime.now().isoformat(timespec='seconds')}.\n",
         "Accuracies are top-1 percentages. The paper's numbers are ImageNet-1k linear-probe "
         "accuracies of ViT-B (R-50 for MoCo v1's mechanisms), tagged [V] verified, "
-        "[D] derived, [R] recalled. All runs, one row each: [runs.csv](runs.csv).\n",
+        "[D] derived, [R] recalled. Our linear top-1 is the probe's final epoch; its best "
+        "epoch on the evaluation set (what the official main_lincls reports, selected on the "
+        "data it is scored on) is `linear_top1_best` in runs.csv. All runs, one row each: "
+        "[runs.csv](runs.csv).\n",
         "## Run states\n",
         _state_summary(runs),
         "## Provenance\n",

@@ -352,3 +352,28 @@ def test_a_finding_naming_a_missing_level_is_refused_at_compose_time(tmp_path, m
                    "on kNN'): group B selects tau=0.7, which is not a level of tau (levels: "
                    "0.1, 0.2).")
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_shipped_findings_carry_the_papers_own_differences():
+    """Every shipped accuracy finding whose two groups have a number in analysis/reference.py
+    states their difference as paper_diff (and no other), on the paper's metric, linear
+    top-1."""
+    import yaml
+
+    from analysis.reference import paper_number
+    from experiments.launch import CONF_DIR
+
+    checked = 0
+    for path in sorted((CONF_DIR / "ablation").glob("*.yaml")):
+        for entry in yaml.safe_load(path.read_text()).get("findings") or []:
+            if not entry["metric"].endswith("top1"):
+                assert entry.get("paper_diff") is None  # the paper gives no such number
+                continue
+            assert entry["metric"] == "linear_top1", entry["claim"]
+            a, b = (paper_number(path.stem, entry[g]) for g in ("a", "b"))
+            if a is None or b is None or not entry.get("in_paper", True):
+                assert entry.get("paper_diff") is None or a is None or b is None, entry
+                continue
+            assert entry.get("paper_diff") == pytest.approx(a.value - b.value), entry["claim"]
+            checked += 1
+    assert checked == 7
