@@ -398,11 +398,13 @@ class Launch:
 
     def _write_study(self, runs: list[PlannedRun]) -> None:
         """study.json: the findings the report judges and the paper-scale cost per cell."""
-        cells, problem = paper_cells(self.ablation, self.scale, runs)
+        findings = study_findings(self.cfg.ablation, self.ablation)
+        # The paper-scale cost prices the findings' seeds: only worth composing for some.
+        cells, problem = paper_cells(self.ablation, self.scale, runs) if findings else ([], "")
         if problem:
             self.say(f"warning: no paper-scale cost for the report's power table ({problem}).")
         write_study(self.dir, self.ablation, self.scale, str(self.cfg.ablation.reproduces or ""),
-                    study_findings(self.cfg.ablation, self.ablation), cells)
+                    findings, cells)
 
     def _record(self, manifest: dict[str, dict[str, Any]], job_ids: dict[str, str]) -> None:
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
