@@ -112,6 +112,11 @@ def test_a_true_effect_of_two_seed_stds_is_found_at_the_claimed_power(paired):
     noise = math.sqrt(2 * 1.0 ** 2) if paired else 1.0  # in units of the seed std
     claimed = stats.power(2.0, noise, n, paired)
     assert abs(found - claimed) <= 3 * math.sqrt(claimed * (1 - claimed) / studies) + 0.01
+    # A true difference of the table's MDD80 is found 4 times in 5.
+    effect = stats.mdd(noise, n, paired)
+    verdicts, _ = _simulate(rng, studies, 1, n, np.array([effect]), paired)
+    found = (verdicts[:, 0] == stats.REPRODUCED).mean()
+    assert abs(found - 0.8) <= 3 * math.sqrt(0.8 * 0.2 / studies) + 0.01
     # Among other findings with no effect, Holm finds it at least at the claimed power at
     # alpha / m, which the table's MDD80 and seeds-needed use.
     verdicts, _ = _simulate(rng, studies, 4, n, np.array([2.0, 0, 0, 0]), paired)
