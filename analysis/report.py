@@ -283,6 +283,7 @@ def build_report(
     knn_by_ablation = dict(tuple(knn_all.groupby("ablation"))) if len(knn_all) else {}
     sections: list[str] = []
     figure_notes: list[str] = []
+    study_notes: list[str] = []
     to_draw: list[tuple[figuredata.FigureSpec, Path]] = []
     t_tables = t_specs = 0.0
     for ablation in names:
@@ -331,7 +332,11 @@ def build_report(
 
         study = load_study(collection.root / ablation)
         if study.problem:
-            figure_notes.append(f"{ablation}: findings not judged: {study.problem}")
+            study_notes.append(f"{ablation}: findings not judged: {study.problem}")
+        elif not study.recorded:
+            study_notes.append(f"{ablation}: no study.json, so no findings to judge (launched "
+                               "before the launcher recorded them); launch the study again "
+                               "to record them (finished runs are skipped)")
         findings = verdicts.verdict_table(study, ab_runs)
         if not findings.empty:
             findings.to_csv(out / "tables" / f"{ablation}_verdicts.csv", index=False)
@@ -398,6 +403,9 @@ def build_report(
     readme.append(f"* Problems found while reading run folders: {len(collection.warnings)}"
                   + (":" if collection.warnings else "."))
     readme.extend(f"  * {w}" for w in _grouped_warnings(collection.warnings))
+    if study_notes:
+        readme.append(f"* Findings not judged: {len(study_notes)}:")
+        readme.extend(f"  * {n}" for n in study_notes)
     readme.append(f"* Figures left out or trimmed: {len(figure_notes)}"
                   + (":" if figure_notes else "."))
     readme.extend(f"  * {n}" for n in figure_notes)

@@ -23,6 +23,7 @@ class Study:
     findings: list[Finding] = field(default_factory=list)
     paper_cells: list[dict] = field(default_factory=list)  # factors, gpu_hours (one run)
     problem: str = ""  # why the findings could not be read, for the report
+    recorded: bool = True  # False: the ablation folder has no study.json
 
     def paper_gpu_hours(self, finding: Finding) -> float:
         """GPU-hours of one seed of groups A and B at the study's paper scale: NaN when the
@@ -43,7 +44,7 @@ def load_study(ablation_dir: Path) -> Study:
     name = Path(ablation_dir).name
     data = read_study(ablation_dir)
     if data is None:
-        return Study(name)
+        return Study(name, recorded=False)
     raw = data.get("findings") or []
     # Recorded after the launcher checked them against the grid; checked here again for
     # shape only (a hand-edited file), against the levels the records name.

@@ -384,6 +384,9 @@ def test_report_builds_names_what_it_skipped_and_reuses_figures(golden, tmp_path
     assert "my_idea/width=b/seed=0: running at step 5; not finished" in readme
     assert "Requested ablations with no run folders: not_there" in readme
     assert "unknown keys knn_top5" in readme and "summary.json`: missing" in readme
+    # Written without a launcher: no study.json, so no findings, and the report says why.
+    assert "patch_proj: no study.json, so no findings to judge" in readme
+    assert "### Findings" not in readme
     for name in ("patch_proj_knn", "patch_proj_patch_proj", "patch_proj_grad",
                  "patch_proj_final", "my_idea_knn", "my_idea_final"):
         png = out / "figures" / f"{name}.png"
