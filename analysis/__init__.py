@@ -8,7 +8,8 @@ anywhere from copied logs. ``python analysis/report.py`` builds everything.
     cache        parquet cache of parsed runs        collect    all runs -> DataFrames
     reference    the paper's numbers as data         tables     per-ablation tables
     figuredata   what each figure shows              plots      drawing (seaborn, Agg)
-    report       the report command
+    study        a study's declared findings         stats      tests, Holm, power (scipy)
+    verdicts     a verdict per finding               report     the report command
 
 The run-folder contract (file names, states, row kinds, the spike and dip rules) is the
 ``runfolder`` package, which the training job and the launcher import too.

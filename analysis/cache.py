@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-CACHE_VERSION = 1  # bump when what is parsed or how changes
+CACHE_VERSION = 2  # bump when what is parsed or how changes
 _WARNINGS_KEY = b"moco3_warnings"  # parquet metadata: what parsing these rows reported
 _FLAT_TYPES = {"string", "empty", "boolean", "integer", "floating", "mixed-integer-float"}
 

@@ -47,6 +47,7 @@ from analysis.collect import (  # noqa: E402
     resolve_runs_root,
 )
 from analysis.reference import REFERENCES  # noqa: E402
+from analysis.study import load_study  # noqa: E402
 
 FIGURE_MANIFEST = ".figures.json"
 SKIPPED_LIST_CAP = 40
@@ -118,29 +119,45 @@ def _provenance_text(value: object) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def pixels_note(runs: pd.DataFrame) -> str:
-    """kNN of the encoder against the same kNN on raw pixels: has it learned more?
+def floors_note(runs: pd.DataFrame, knn: pd.DataFrame | None = None) -> str:
+    """kNN of the trained encoders against two floors: the same kNN on raw pixels, and on the
+    same encoder at step 0 (random init: what the architecture gives without learning).
 
-    Per level (the mean over its finished seeds) as well as over all runs: a study's levels
-    include deliberately bad settings (a stress lr, m = 0), which pull the overall mean
-    down without saying anything about what the method learns at a good one."""
-    done = runs[runs["state"] == "done"]
-    if "knn_top1_pixels" not in done or done["knn_top1_pixels"].dropna().empty:
+    Overall and per level (the mean over its finished seeds): a study's levels include
+    deliberately bad settings (a stress lr, m = 0), which pull the overall mean down without
+    saying anything about what the method learns at a good one."""
+    done = runs[runs["state"] == "done"].dropna(subset=["knn_top1"]).set_index("run_dir")
+    floors: dict[str, pd.Series] = {}  # name -> floor per run (indexed by run_dir)
+    if "knn_top1_pixels" in done and done["knn_top1_pixels"].notna().any():
+        floors["pixels"] = done["knn_top1_pixels"]
+    if knn is not None and len(knn) and "step" in knn:
+        init = knn[(knn["step"] == 0) & knn["run_dir"].isin(done.index)]
+        init = init.dropna(subset=["knn_top1"]).groupby("run_dir")["knn_top1"].last()
+        if len(init):
+            floors["random init"] = init
+    if done.empty or not floors:
         return ""
-    pixels = done["knn_top1_pixels"].dropna().mean()
-    encoder = done["knn_top1"].dropna()
-    levels = done.dropna(subset=["knn_top1"]).groupby("factor_label")["knn_top1"].mean()
-    per_level = ""
-    if len(levels) > 1:
-        best, worst = levels.idxmax(), levels.idxmin()
-        clear = int(((levels - pixels).round(1) >= 10).sum())  # as printed, to 0.1 point
-        per_level = (f" Per level (mean over seeds): best `{best}` {levels[best]:.1f} % "
-                     f"({levels[best] - pixels:+.1f}), worst `{worst}` {levels[worst]:.1f} % "
-                     f"({levels[worst] - pixels:+.1f}); {clear} of {len(levels)} levels are 10 "
-                     "or more points above the pixels.")
-    return (f"kNN top-1 of the pre-trained encoders {encoder.min():.1f}-{encoder.max():.1f} % "
-            f"(mean {encoder.mean():.1f}) against {pixels:.1f} % for the same kNN on raw "
-            f"pixels of the same images: {encoder.mean() - pixels:+.1f} points.{per_level}\n\n")
+    encoder = done["knn_top1"]
+    margins = {name: (encoder - floor.reindex(done.index)) for name, floor in floors.items()}
+    parts = [f"{floors[name].reindex(m.dropna().index).mean():.1f} % for {name} "
+             f"({m.mean():+.1f} points)" for name, m in margins.items()]
+    text = (f"kNN top-1 of the pre-trained encoders {encoder.min():.1f}-{encoder.max():.1f} % "
+            f"(mean {encoder.mean():.1f}) against " + " and ".join(parts) + ": the same kNN "
+            "on raw pixels of the same images, and on the same encoder at step 0.")
+    level = done["factor_label"]
+    if level.nunique() > 1:
+        means = encoder.groupby(level).mean().sort_values(ascending=False)
+        by_level = {name: m.groupby(level).mean().reindex(means.index)
+                    for name, m in margins.items()}
+        clear = [f"{int((m.round(1) >= 10).sum())} of {len(means)} levels 10 or more points "
+                 f"over {name}" for name, m in by_level.items()]  # as printed, to 0.1 point
+        lines = ["| level | kNN top-1 | " + " | ".join(f"over {n}" for n in floors) + " |",
+                 "|---|---:|" + "---:|" * len(floors)]
+        lines += [f"| `{label}` | {means[label]:.1f} | "
+                  + " | ".join(f"{m[label]:+.1f}" for m in by_level.values()) + " |"
+                  for label in means.index]
+        text += f" Per level (mean over seeds; {', '.join(clear)}):\n\n" + "\n".join(lines)
+    return text + "\n\n"
 
 
 def _anchor(ablation: str) -> str:
@@ -266,6 +283,7 @@ def build_report(
     knn_by_ablation = dict(tuple(knn_all.groupby("ablation"))) if len(knn_all) else {}
     sections: list[str] = []
     figure_notes: list[str] = []
+    study_notes: list[str] = []
     to_draw: list[tuple[figuredata.FigureSpec, Path]] = []
     t_tables = t_specs = 0.0
     for ablation in names:
@@ -312,7 +330,14 @@ def build_report(
                                 "logged yet)")
         t_specs += time.perf_counter() - t
 
-        findings = verdicts.verdict_table(ablation, ab_runs, table.metric)
+        study = load_study(collection.root / ablation)
+        if study.problem:
+            study_notes.append(f"{ablation}: findings not judged: {study.problem}")
+        elif not study.recorded:
+            study_notes.append(f"{ablation}: no study.json, so no findings to judge (launched "
+                               "before the launcher recorded them); launch the study again "
+                               "to record them (finished runs are skipped)")
+        findings = verdicts.verdict_table(study, ab_runs)
         if not findings.empty:
             findings.to_csv(out / "tables" / f"{ablation}_verdicts.csv", index=False)
         header = f"## {ablation}\n\n<a id=\"{_anchor(ablation)}\"></a>\n"
@@ -322,8 +347,8 @@ def build_report(
             header, setting, tables.to_markdown(table),
             f"Table files: [Markdown](tables/{ablation}.md) · [LaTeX](tables/{ablation}.tex) · "
             f"[CSV](tables/{ablation}.csv)\n",
-            *([f"### The paper's findings here\n\n{pixels_note(ab_runs)}"
-               f"{verdicts.to_markdown(findings)}\n{verdicts.RULE}\n"]
+            *([f"### Floors\n\n{floors}"] if (floors := floors_note(ab_runs, knn)) else []),
+            *([f"### Findings\n\n{verdicts.to_markdown(findings)}\n{verdicts.RULE}\n"]
               if not findings.empty else []),
             *figures_md,
         ]))
@@ -353,7 +378,10 @@ def build_report(
         f"ablation(s) · built {_dt.datetime.now().isoformat(timespec='seconds')}.\n",
         "Accuracies are top-1 percentages. The paper's numbers are ImageNet-1k linear-probe "
         "accuracies of ViT-B (R-50 for MoCo v1's mechanisms), tagged [V] verified, "
-        "[D] derived, [R] recalled. All runs, one row each: [runs.csv](runs.csv).\n",
+        "[D] derived, [R] recalled. Our linear top-1 is the probe's final epoch; its best "
+        "epoch on the evaluation set (what the official main_lincls reports, selected on the "
+        "data it is scored on) is `linear_top1_best` in runs.csv. All runs, one row each: "
+        "[runs.csv](runs.csv).\n",
         "## Run states\n",
         _state_summary(runs),
         "## Provenance\n",
@@ -375,6 +403,9 @@ def build_report(
     readme.append(f"* Problems found while reading run folders: {len(collection.warnings)}"
                   + (":" if collection.warnings else "."))
     readme.extend(f"  * {w}" for w in _grouped_warnings(collection.warnings))
+    if study_notes:
+        readme.append(f"* Findings not judged: {len(study_notes)}:")
+        readme.extend(f"  * {n}" for n in study_notes)
     readme.append(f"* Figures left out or trimmed: {len(figure_notes)}"
                   + (":" if figure_notes else "."))
     readme.extend(f"  * {n}" for n in figure_notes)

@@ -464,6 +464,14 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
             values[key] = _get(status, key)
     if values.get("diverged_step") is None and state == "diverged":
         values["diverged_step"] = record["step"]
+    # The primary linear top-1 is the probe's final epoch: the best epoch is selected on the
+    # evaluation set itself. moco3's summary.json calls the best linear_top1 and the final
+    # linear_top1_last; here they become linear_top1_best and linear_top1.
+    best = _get(summary, "linear_top1")
+    best = best if best is not None else derived["linear_top1_best"]
+    last = _get(summary, "linear_top1_last")
+    values["linear_top1"] = last if last is not None else derived["linear_top1"]
+    values["linear_top1_best"] = best
     record.update(values)
     record["summary_source"] = (
         "metrics.jsonl" if summary is None else

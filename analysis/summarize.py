@@ -36,8 +36,9 @@ def first_layer_group(config: Any) -> str:
 
 def from_eval_rows(eval_rows: list[dict], first_group: str = "patch_embed",
                    dip_points: float = DIP_POINTS) -> dict:
-    """knn_top1 (last), knn_top1_max, linear_top1 (best probe epoch, as moco3/probe.py
-    reports it), dips, spike counts from the spike events, diverged_step."""
+    """knn_top1 (last), knn_top1_max, linear_top1 (the probe's final epoch),
+    linear_top1_best (its best epoch on the evaluation set, what the official main_lincls
+    reports), dips, spike counts from the spike events, diverged_step."""
     knn = [r.get("knn_top1") for r in eval_rows if r.get("kind") == "knn"]
     knn = [v if isinstance(v, int | float) else None for v in knn]
     finite = _finite_values(knn)
@@ -48,7 +49,8 @@ def from_eval_rows(eval_rows: list[dict], first_group: str = "patch_embed",
     return {
         "knn_top1": finite[-1] if finite else None,
         "knn_top1_max": max(finite) if finite else None,
-        "linear_top1": max(probes) if probes else None,
+        "linear_top1": probes[-1] if probes else None,
+        "linear_top1_best": max(probes) if probes else None,
         "num_knn_dips": len(find_dips(knn, dip_points)) if finite else None,
         "max_knn_dip": max_dip(knn) if finite else None,
         "num_spikes_first": spikes.count(first_group) if eval_rows else None,

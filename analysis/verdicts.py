@@ -1,17 +1,27 @@
-"""The paper's findings as comparisons, and the one rule that says whether a study shows them.
+"""A verdict on each finding a study declares, by standard tests over its seeds.
 
-A finding compares two groups of runs of one ablation - e.g. frozen against learned patch
-projection at one learning rate - on one number (linear or kNN top-1, kNN dips, first-layer
-gradient spikes), and says which way the paper found it. Over each group's seeds:
+A finding (declared in the ablation YAML's `findings:` block, recorded by the launcher in the
+study's study.json, read here by ``analysis.study``) compares group A with group B - each a
+selection of factor levels - on one metric, and says which sign the paper found A - B to
+have. Over the groups' seeds (analysis/stats.py, scipy.stats):
 
-    diff = mean(A) - mean(B)          pooled std = sqrt((var(A) + var(B)) / 2)
-    reproduced      the sign of diff is the paper's and |diff| > 2 x pooled std
-    not reproduced  the sign is the other one and |diff| > 2 x pooled std
-    inconclusive    |diff| <= 2 x pooled std (within seed noise), or fewer than 2 seeds
+    diff, 95 % CI   mean(A) - mean(B) and its t interval
+    test            paired t-test by seed when A and B hold the same seeds once each (seed s
+                    gives both runs the same initial weights and data order: moco3/train.py
+                    seeds torch with it before building the model, moco3/loader.py draws each
+                    epoch's order from it), Welch's t-test otherwise
+    g               Hedges' g (the difference in pooled seed stds, small-sample corrected)
+    Holm p          the test's p adjusted by Holm over the study's findings
+    reproduced      Holm p < 0.05 and the paper's sign
+    contradicted    Holm p < 0.05 and the other sign
+    inconclusive    otherwise (also with fewer than 2 seeds in a group)
 
-(var: the sample variance over seeds, n - 1.) The rule is applied here, to the numbers the
-run folders hold; nothing in a verdict is written by hand. A finding whose groups have no
-runs in a study is left out.
+and the power of the study: MDD80, the smallest true difference the test finds with 80 %
+probability at the observed seed std and n (at alpha / m, Holm's strictest step, m the
+findings judged); the seeds per group that would find the paper's own difference at that
+std; and what that many seeds cost at the study's paper scale in GPU-hours (the dry run's
+cost model, recorded per cell in study.json). Both accuracies (kNN and linear) are shown
+for every accuracy finding; the declared metric decides.
 """
 
 from __future__ import annotations
@@ -19,116 +29,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
+from analysis import stats
 from analysis.collect import factor_column
 from analysis.reference import normalize_label
+from analysis.study import Finding, Study
 
-NOISE_FACTOR = 2.0  # |diff| must exceed this many pooled stds
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = ("reproduced", "not reproduced",
-                                            "inconclusive (within seed noise)")
-TOO_FEW = "inconclusive (fewer than 2 seeds)"
-
-
-@dataclass(frozen=True)
-class Finding:
-    """Group A against group B on `metric`; the paper found A - B of sign `sign`."""
-
-    ablation: str
-    claim: str  # what the paper found, in words
-    metric: str  # a column of the runs table
-    a: dict[str, str]  # factor -> label selecting group A
-    b: dict[str, str]
-    sign: int  # +1: the paper found A > B; -1: A < B
-    in_paper: bool = True
-
-
-def patch_proj_findings(lrs: list[str]) -> list[Finding]:
-    """Frozen beats learned at every lr (Fig. 5/6; at a stress lr above the paper's, it is
-    our extrapolation); the learned projection spikes and dips more at the largest lr."""
-    out = [Finding("patch_proj", f"frozen patch projection beats learned at lr {lr}",
-                   "{metric}", {"patch_embed": "frozen", "lr": lr},
-                   {"patch_embed": "learned", "lr": lr}, +1, lr in PAPER_LRS)
-           for lr in lrs]
-    if lrs:
-        top = lrs[-1]
-        out += [Finding("patch_proj", f"learned projection has more first-layer gradient spikes "
-                        f"than frozen at lr {top}", "num_spikes_first",
-                        {"patch_embed": "learned", "lr": top},
-                        {"patch_embed": "frozen", "lr": top}, +1, top in PAPER_LRS),
-                Finding("patch_proj", f"learned projection has deeper kNN dips than frozen at lr "
-                        f"{top}", "max_knn_dip", {"patch_embed": "learned", "lr": top},
-                        {"patch_embed": "frozen", "lr": top}, +1, top in PAPER_LRS)]
-    return out
-
-
-def negatives_findings(ks: dict[str, list[str]]) -> list[Finding]:
-    """MoCo v1 Fig. 3: the queue beats the memory bank at equal K, and every mechanism
-    gains from a larger K (largest against smallest K present)."""
-    out = [Finding("negatives", f"queue beats memory bank at K={k}", "{metric}",
-                   {"mechanism": "queue", "K": k}, {"mechanism": "memory_bank", "K": k}, +1)
-           for k in ks.get("queue", []) if k in ks.get("memory_bank", [])]
-    for mechanism, levels in ks.items():
-        if len(levels) >= 2:
-            out.append(Finding("negatives", f"{mechanism} gains from more negatives "
-                               f"(K={levels[-1]} over K={levels[0]})", "{metric}",
-                               {"mechanism": mechanism, "K": levels[-1]},
-                               {"mechanism": mechanism, "K": levels[0]}, +1))
-    return out
-
-
-def momentum_findings() -> list[Finding]:
-    """MoCo v3 ablation: m = 0.99 beats no momentum and the slowest encoder."""
-    best = {"momentum": "0.99"}
-    return [Finding("momentum", "m = 0.99 beats m = 0", "{metric}", best, {"momentum": "0"},
-                    +1),
-            Finding("momentum", "m = 0.99 beats m = 0.999", "{metric}", best,
-                    {"momentum": "0.999"}, +1)]
-
-
-def batch_size_findings(batches: list[str]) -> list[Finding]:
-    """The largest batch trains less stably: deeper kNN dips than the smallest."""
-    if len(batches) < 2:
-        return []
-    return [Finding("batch_size", f"batch {batches[-1]} dips deeper than batch {batches[0]}",
-                    "max_knn_dip", {"batch_size": batches[-1]}, {"batch_size": batches[0]},
-                    +1)]
-
-
-PAPER_LRS = ("0.5e-4", "1.0e-4", "1.5e-4")
-
-
-def _levels(runs: pd.DataFrame, factor: str, where: dict[str, str] | None = None) -> list[str]:
-    """The labels of `factor` present, in numeric order."""
-    column = factor_column(factor)
-    if column not in runs.columns:
-        return []
-    sub = _select(runs, where or {})
-    labels = {str(v) for v in sub[column].dropna()}
-    return sorted(labels, key=lambda v: (float(v) if _is_number(v) else math.inf, v))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def findings_for(ablation: str, runs: pd.DataFrame) -> list[Finding]:
-    """The findings that apply to the levels this study has."""
-    if ablation == "patch_proj":
-        return patch_proj_findings(_levels(runs, "lr"))
-    if ablation == "negatives":
-        mechanisms = _levels(runs, "mechanism")
-        return negatives_findings({m: _levels(runs, "K", {"mechanism": m})
-                                   for m in mechanisms})
-    if ablation == "momentum":
-        return momentum_findings()
-    if ablation == "batch_size":
-        return batch_size_findings(_levels(runs, "batch_size"))
-    return []
+ACCURACY = ("linear_top1", "knn_top1")
+COLUMNS = ["finding", "metric", "A", "B", "diff", "ci_low", "ci_high", "g", "test", "p",
+           "p_holm", "mdd80", "paper_diff", "seeds_needed", "gpu_hours", "verdict", "other",
+           "code"]
 
 
 def _select(runs: pd.DataFrame, factors: dict[str, str]) -> pd.DataFrame:
@@ -141,71 +53,183 @@ def _select(runs: pd.DataFrame, factors: dict[str, str]) -> pd.DataFrame:
     return runs[mask]
 
 
-def verdict(a: list[float], b: list[float], sign: int) -> tuple[str, float, float]:
-    """(verdict, diff, pooled std) of group values `a` and `b` by the rule above."""
-    if len(a) < 2 or len(b) < 2:
-        diff = (sum(a) / len(a) - sum(b) / len(b)) if a and b else math.nan
-        return TOO_FEW, diff, math.nan
-    mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
-    var_a = sum((x - mean_a) ** 2 for x in a) / (len(a) - 1)
-    var_b = sum((x - mean_b) ** 2 for x in b) / (len(b) - 1)
-    diff, pooled = mean_a - mean_b, math.sqrt((var_a + var_b) / 2)
-    if abs(diff) <= NOISE_FACTOR * pooled:
-        return INCONCLUSIVE, diff, pooled
-    return (REPRODUCED if diff * sign > 0 else NOT_REPRODUCED), diff, pooled
+@dataclass
+class Groups:
+    """The runs of A and B that count for one metric, and whether they pair by seed."""
+
+    a: pd.DataFrame
+    b: pd.DataFrame
+    metric: str
+
+    def values(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(A values, B values, paired): aligned by seed when paired."""
+        a = self.a.dropna(subset=[self.metric])
+        b = self.b.dropna(subset=[self.metric])
+        seeds_a, seeds_b = list(a["seed"]), list(b["seed"])
+        paired = (len(seeds_a) >= 2 and sorted(seeds_a) == sorted(seeds_b)
+                  and len(set(seeds_a)) == len(seeds_a))
+        if paired:
+            a, b = a.sort_values("seed"), b.sort_values("seed")
+        return (a[self.metric].to_numpy(float), b[self.metric].to_numpy(float), paired)
 
 
-def verdict_table(ablation: str, runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per finding: claim, numbers of both groups, diff, pooled std, verdict."""
-    rows = []
-    trained = runs[runs["state"].isin(("done", "diverged"))]
-    for finding in findings_for(ablation, trained):
-        column = finding.metric.format(metric=metric)
-        if column not in trained.columns:
-            continue
-        # Accuracy counts finished runs; instability counts diverged ones too.
-        pool = trained[trained["state"] == "done"] if column.endswith("top1") else trained
-        values = [pd.to_numeric(_select(pool, group)[column], errors="coerce").dropna()
-                  .tolist() for group in (finding.a, finding.b)]
-        if not values[0] and not values[1]:
-            continue
-        result, diff, pooled = verdict(values[0], values[1], finding.sign)
-        rows.append({"finding": finding.claim + ("" if finding.in_paper
-                                                 else " (not in the paper)"),
-                     "metric": column, "A": _summary(values[0]), "B": _summary(values[1]),
-                     "diff": diff, "pooled_std": pooled, "verdict": result})
-    return pd.DataFrame(rows, columns=["finding", "metric", "A", "B", "diff", "pooled_std",
-                                       "verdict"])
+def _groups(runs: pd.DataFrame, finding: Finding, metric: str) -> Groups:
+    # Accuracy counts finished runs; instability counts diverged ones too.
+    pool = runs[runs["state"] == "done"] if metric in ACCURACY or metric.startswith(
+        "linear_") else runs[runs["state"].isin(("done", "diverged"))]
+    return Groups(_select(pool, finding.a), _select(pool, finding.b), metric)
 
 
-def _summary(values: list[float]) -> str:
-    if not values:
+def _summary(values: np.ndarray) -> str:
+    if not len(values):
         return "—"
-    mean = sum(values) / len(values)
     if len(values) < 2:
-        return f"{mean:.2f} (n=1)"
-    std = math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1))
-    return f"{mean:.2f} ± {std:.2f} (n={len(values)})"
+        return f"{values.mean():.2f} (n=1)"
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (n={len(values)})"
+
+
+def code_state(runs: pd.DataFrame) -> str:
+    """"" when the runs come from one clean commit; else what differs (a verdict over
+    mixed code may measure the code, not the factor)."""
+    commits: set[str] = set()
+    for value in runs.get("env.commit", pd.Series(dtype=object)).dropna():
+        commits.update(part.strip() for part in str(value).split(" / "))
+    if not commits:
+        return "no commit recorded"
+    notes = []
+    bare = {c.removesuffix("+dirty") for c in commits}
+    if len(bare) > 1:
+        notes.append(f"{len(bare)} commits ({', '.join(sorted(bare))})")
+    if any(c.endswith("+dirty") for c in commits):
+        notes.append("uncommitted changes")
+    return "mixed code: " + "; ".join(notes) if notes else ""
+
+
+def _test_row(values: tuple[np.ndarray, np.ndarray, bool]) -> dict:
+    a, b, paired = values
+    if not len(a) or not len(b):
+        return {}
+    out = {k: float(v) for k, v in stats.compare(a, b, paired).items()}
+    out["test"] = (stats.PAIRED if paired else stats.WELCH) if min(len(a), len(b)) >= 2 \
+        else "none (n < 2)"
+    out["n"] = min(len(a), len(b))
+    out["paired"] = paired
+    return out
+
+
+def _other_metric(runs: pd.DataFrame, finding: Finding) -> str:
+    """The other accuracy beside an accuracy finding: diff [95 % CI], p (not corrected)."""
+    if finding.metric not in ACCURACY:
+        return ""
+    other = ACCURACY[1 - ACCURACY.index(finding.metric)]
+    if other not in runs.columns:
+        return ""
+    row = _test_row(_groups(runs, finding, other).values())
+    if not row:
+        return f"{other}: —"
+    text = f"{other}: {_num(row['diff'])}"
+    if not math.isnan(row["p"]):
+        text += f" [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}], p {_p(row['p'])}"
+    return text
+
+
+def verdict_table(study: Study, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per declared finding with runs in both groups: the COLUMNS above."""
+    rows, tested = [], []
+    for finding in study.findings:
+        if finding.metric not in runs.columns:
+            continue
+        groups = _groups(runs, finding, finding.metric)
+        if groups.a.empty or groups.b.empty:
+            continue  # a level this scale does not have, or not run yet
+        a, b, paired = groups.values()
+        test = _test_row((a, b, paired))
+        if not test:
+            continue
+        rows.append({
+            "finding": finding.claim + ("" if finding.in_paper else " (not in the paper)"),
+            "metric": finding.metric, "A": _summary(a), "B": _summary(b),
+            "other": _other_metric(runs, finding),
+            "code": code_state(pd.concat([groups.a, groups.b])),
+            "paper_diff": finding.paper_diff, "_finding": finding, **test,
+        })
+        tested.append(not math.isnan(test["p"]))
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS)
+    p_holm = stats.holm(np.array([r["p"] for r in rows]))
+    m = max(1, sum(tested))
+    for row, adjusted in zip(rows, p_holm, strict=True):
+        finding = row.pop("_finding")
+        row["p_holm"] = float(adjusted)
+        row["verdict"] = str(stats.words(adjusted, row["diff"], finding.sign))
+        paired, n, sd = row["paired"], row["n"], row["sd"]
+        row["mdd80"] = stats.mdd(sd, n, paired, stats.ALPHA / m) if n >= 2 else math.nan
+        needed = (stats.seeds_needed(finding.paper_diff, sd, paired, stats.ALPHA / m)
+                  if finding.paper_diff is not None else None)
+        row["seeds_needed"] = needed
+        row["gpu_hours"] = (study.paper_gpu_hours(finding) * needed
+                            if needed is not None else math.nan)
+        row["alpha"] = stats.ALPHA / m
+    return pd.DataFrame(rows)
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:+.2f}"
+
+
+def _p(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    if value == 0:
+        return "0 (no seed noise)"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.0e}"
+
+
+def _hours(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
+
+def _needed(row: pd.Series) -> str:
+    if row["paper_diff"] is None or (isinstance(row["paper_diff"], float)
+                                     and math.isnan(row["paper_diff"])):
+        return "— (no paper diff)"
+    if row["seeds_needed"] is None or (isinstance(row["seeds_needed"], float)
+                                       and math.isnan(row["seeds_needed"])):
+        return f"> {stats.MAX_SEEDS}" if row["sd"] > 0 else "—"
+    return f"{int(row['seeds_needed'])} (for {row['paper_diff']:+.1f})"
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
     if frame.empty:
         return ""
-    lines = ["| finding | metric | A | B | A − B | pooled std | verdict |",
-             "|---|---|---|---|---:|---:|---|"]
-    for row in frame.itertuples(index=False):
-        std = "—" if math.isnan(row.pooled_std) else f"{row.pooled_std:.2f}"
-        lines.append(f"| {row.finding} | {row.metric} | {row.A} | {row.B} | "
-                     f"{_num(row.diff)} | {std} | **{row.verdict}** |")
+    lines = ["| finding | metric | A | B | A − B [95 % CI] | g | test | p | Holm p | MDD80 | "
+             "seeds for the paper's diff | GPU-h at paper scale | verdict | other metric | "
+             "code |",
+             "|---|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---|---|---|"]
+    for _, row in frame.iterrows():
+        ci = ("" if math.isnan(row["ci_low"])
+              else f" [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]")
+        g = "—" if math.isnan(row["g"]) else f"{row['g']:+.2f}"
+        mdd = "—" if math.isnan(row["mdd80"]) else f"{row['mdd80']:.2f}"
+        lines.append(
+            f"| {row['finding']} | {row['metric']} | {row['A']} | {row['B']} | "
+            f"{_num(row['diff'])}{ci} | {g} | {row['test']} | {_p(row['p'])} | "
+            f"{_p(row['p_holm'])} | {mdd} | {_needed(row)} | {_hours(row['gpu_hours'])} | "
+            f"**{row['verdict']}** | {row['other'] or '—'} | {row['code'] or 'one commit'} |")
     return "\n".join(lines) + "\n"
 
 
-def _num(value: float) -> str:
-    return "—" if value is None or math.isnan(value) else f"{value:+.2f}"
-
-
-RULE = ("Verdicts (analysis/verdicts.py): over each group's seeds, diff = mean(A) - mean(B) and "
-        "pooled std = sqrt((var A + var B) / 2); **reproduced** when the sign of diff is the "
-        "paper's and |diff| > 2 pooled std, **not reproduced** when the sign is the other "
-        "and |diff| > 2 pooled std, **inconclusive** otherwise (within seed noise, or fewer "
-        "than 2 seeds).")
+RULE = ("Verdicts (analysis/verdicts.py, scipy.stats): per finding, A − B with its 95 % "
+        "t interval, Hedges' g, and the two-sided p of the paired t-test over seeds when A "
+        "and B hold the same seeds (a seed fixes the initial weights and the data order) or "
+        "Welch's t-test otherwise; Holm p adjusts p over this study's findings. "
+        "**reproduced**: Holm p < 0.05 with the paper's sign; **contradicted**: Holm p < 0.05 "
+        "with the other sign; **inconclusive** otherwise. MDD80: the smallest true difference "
+        "the same test finds 4 times in 5 at the observed seed std and n, at alpha 0.05 / m "
+        "(m findings: Holm's strictest step); seeds for the paper's diff: per group, at that "
+        "std and alpha; GPU-h: what those seeds of both groups cost at the study's paper "
+        "scale (the launcher's cost model). The declared metric decides; the other accuracy "
+        "is shown beside it (p not corrected). Linear top-1 is the probe's final epoch.")

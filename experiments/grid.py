@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from experiments.schema import SCALES, GridConfig, ResourcesConfig
 from moco3.archs import applies
 from moco3.config import ConfigError, RunConfig, config_hash, to_run_config
+from runfolder.study import Finding, FindingError, parse_findings
 
 RUN_KEYS = tuple(RunConfig.__dataclass_fields__)  # seed, model, moco, data, ...
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,-]")
@@ -128,6 +129,22 @@ def _level_exists(name: str, label: str, overrides: Any, scale: str | None) -> b
     return scale is None or scale in scales
 
 
+def study_findings(ablation_cfg: DictConfig, ablation: str) -> list[Finding]:
+    """The study's `findings:` block, checked against its grid at every scale: a finding
+    that names a factor or level the file does not have is refused in one sentence."""
+    all_cells = [labels for labels, _ in cells(ablation_cfg, None)]
+    levels: dict[str, list[str]] = {}
+    for labels in all_cells:
+        for name, label in labels.items():
+            if label not in levels.setdefault(name, []):
+                levels[name].append(label)
+    try:
+        return parse_findings(_plain(ablation_cfg.get("findings")), levels,
+                              f"ablation {ablation}", all_cells)
+    except FindingError as err:
+        raise GridError(str(err)) from None
+
+
 def seeds_for(ablation: DictConfig, scale: str, override: Any) -> list[int]:
     raw = _plain(override) if override is not None else _plain(ablation.seeds)
     applies, value = at_scale(raw, scale)
@@ -179,6 +196,7 @@ def expand(cfg: DictConfig, ablation: str, scale: str) -> list[PlannedRun]:
     base = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=False)
                              if isinstance(cfg[k], DictConfig) else cfg[k] for k in RUN_KEYS})
     base.resources = _plain(cfg.resources)
+    study_findings(cfg.ablation, ablation)
     runs: list[PlannedRun] = []
     study = _plain(cfg.ablation.overrides) or {}
     seeds = seeds_for(cfg.ablation, scale, cfg.get("seeds"))

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments import cost, progress, slurm_jobs
-from experiments.grid import GridError, PlannedRun, expand
+from experiments.grid import GridError, PlannedRun, expand, study_findings
 from experiments.job import RunJob
 from experiments.local_pool import pool_alive
 from experiments.rundir import (
@@ -57,6 +57,7 @@ from experiments.rundir import (
 from experiments.schema import LAUNCHERS, LaunchConfig, LauncherConfig, register
 from moco3.config import ConfigError
 from runfolder.states import RESULTS
+from runfolder.study import write_study
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 CONF_ENV = "MOCO3_CONF_DIR"
@@ -266,6 +267,42 @@ def describe(runs: list[PlannedRun], decisions: dict[str, Decision], launcher: D
     return "\n".join(lines)
 
 
+# -- the study record ------------------------------------------------------------------------
+def _compose_paper(ablation: str) -> DictConfig:
+    """The study composed at scale=paper with the same config search path (conf_dir), and
+    nothing else from the command line: the cost of the paper's own setting."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"ablation={ablation}", "scale=paper"]
+    try:
+        hydra_overrides = list(HydraConfig.get().overrides.hydra)
+    except ValueError:  # composed outside hydra.main (tests): $MOCO3_CONF_DIR only
+        hydra_overrides = hydra_argv([])
+    overrides += [o for o in hydra_overrides if o.startswith("hydra.searchpath")]
+    if GlobalHydra.instance().is_initialized():
+        return compose("config", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose("config", overrides=overrides)
+
+
+def paper_cells(ablation: str, scale: str, runs: list[PlannedRun]
+                ) -> tuple[list[dict[str, Any]], str]:
+    """GPU-hours of one run of each cell at the study's paper scale (the dry run's cost
+    model), and why they are missing when they are."""
+    if scale != "paper":
+        try:
+            runs = expand(_compose_paper(ablation), ablation, "paper")
+        except Exception as err:  # noqa: BLE001 - a cost estimate never blocks a launch
+            return [], f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    cells: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        key = ",".join(f"{k}={v}" for k, v in r.factors.items())
+        cells.setdefault(key, {"factors": dict(r.factors),
+                               "gpu_hours": round(cost.gpu_hours(r.config), 4)})
+    return list(cells.values()), ""
+
+
 # -- liveness --------------------------------------------------------------------------------
 class Liveness:
     """Whether a job id recorded by an earlier launch still runs (or waits in a queue)."""
@@ -343,6 +380,7 @@ class Launch:
                 self.say(f"local: {len(todo)} run(s), {slots[0]} at a time"
                          + (f", {slots[1]} thread(s) each" if not slots[2] else ""))
             manifest = self._write(runs, todo, decisions, launcher)
+            self._write_study(runs)
             if todo:
                 self._record(manifest, self._submit(todo, launcher, slots, manifest))
             else:
@@ -377,6 +415,16 @@ class Launch:
                                                   launcher.kind, shas.get(r.run_id))
         write_manifest(self.dir / MANIFEST, manifest)
         return manifest
+
+    def _write_study(self, runs: list[PlannedRun]) -> None:
+        """study.json: the findings the report judges and the paper-scale cost per cell."""
+        findings = study_findings(self.cfg.ablation, self.ablation)
+        # The paper-scale cost prices the findings' seeds: only worth composing for some.
+        cells, problem = paper_cells(self.ablation, self.scale, runs) if findings else ([], "")
+        if problem:
+            self.say(f"warning: no paper-scale cost for the report's power table ({problem}).")
+        write_study(self.dir, self.ablation, self.scale, str(self.cfg.ablation.reproduces or ""),
+                    findings, cells)
 
     def _record(self, manifest: dict[str, dict[str, Any]], job_ids: dict[str, str]) -> None:
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -11,6 +11,11 @@ figures and verdicts into the results folder, and RUN.md beside them records wha
 them: the exact commands, the CPU (model, instruction-set kind, cores), the precision `auto`
 chose, the commit, and each study's wall time (of this invocation; a resumed study's time
 is the sum over invocations, also recorded). Not part of CI: it takes hours.
+
+One code state per page: it refuses to start from a checkout with uncommitted changes, and
+to write the page when the runs come from several commits or from a dirty tree (a verdict
+could then measure the code, not the factor), unless told why with
+`--allow-mixed-code "REASON"`; the reason is written into RUN.md.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import time
 from pathlib import Path
 
 from moco3.gitstate import git_state
-from runfolder.atomic import write_text
+from runfolder.atomic import read_json_list, write_text
+from runfolder.layout import ENV
 
 REPO = Path(__file__).resolve().parents[1]
 TIMES = "study_times.json"  # in the runs root: wall seconds per study, over invocations
@@ -58,6 +64,32 @@ def run_minutes(runs_csv: Path, study: str) -> str:
             f"time; one run {min(seconds) / 60:.1f}-{max(seconds) / 60:.1f} min)")
 
 
+def run_commits(runs_root: Path, studies: list[str]) -> dict[str, list[str]]:
+    """commit (first 10 characters, "+dirty" with uncommitted changes) -> the runs of
+    `studies` that one of their starts (env.json) ran at it."""
+    out: dict[str, list[str]] = {}
+    for study in studies:
+        for env in sorted((runs_root / study).rglob(ENV)):
+            run = env.parent.relative_to(runs_root).as_posix()
+            for record in read_json_list(env):
+                if record.get("git_commit"):
+                    commit = record["git_commit"][:10] + ("+dirty" if record.get("git_dirty")
+                                                          else "")
+                    if run not in out.setdefault(commit, []):
+                        out[commit].append(run)
+    return out
+
+
+def code_problem(commits: dict[str, list[str]]) -> str:
+    """"" when every run ran one clean commit; else one sentence saying what is mixed."""
+    dirty = [c for c in commits if c.endswith("+dirty")]
+    if len(commits) <= 1 and not dirty:
+        return ""
+    parts = [f"{c} ({len(runs)} runs, e.g. {runs[0]})" for c, runs in sorted(commits.items())]
+    what = "uncommitted changes" if len(commits) == 1 else f"{len(commits)} code states"
+    return f"the runs come from {what}: {'; '.join(parts)}"
+
+
 def run_study(study: str, scale: str, runs_root: Path, extra: list[str]) -> tuple[list[str],
                                                                                   float, int]:
     """Launch one study and wait for it; returns (command, wall seconds, exit code)."""
@@ -75,8 +107,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--studies", nargs="+", default=["patch_proj", "negatives"])
     p.add_argument("--runs-root", default="runs-results")
     p.add_argument("--out", default=None, help="default: docs/results/<scale>")
+    p.add_argument("--allow-mixed-code", metavar="REASON", default=None,
+                   help="write the page although the checkout is dirty or the runs mix "
+                        "commits; the reason goes into RUN.md")
     p.add_argument("extra", nargs="*", help="more launch.py overrides (key=value)")
     args = p.parse_args(argv)
+    if args.allow_mixed_code is not None and not args.allow_mixed_code.strip():
+        p.error("--allow-mixed-code needs a reason, e.g. --allow-mixed-code \"docs-only "
+                "commits between the studies\"")
+    reason = (args.allow_mixed_code or "").strip()
+    git = git_state(REPO)
+    if git.get("git_dirty") and not reason:
+        print("results.py: error: the checkout has uncommitted changes, so the runs would not "
+              "come from any commit; commit them first, or pass --allow-mixed-code \"REASON\".",
+              file=sys.stderr)
+        return 2
     runs_root = Path(args.runs_root).resolve()
     out = Path(args.out or REPO / "docs" / "results" / args.scale)
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -93,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{study} did not finish (exit {code}); run this command again to resume it.",
                   file=sys.stderr)
             return code
+    commits = run_commits(runs_root, args.studies)
+    mixed = code_problem(commits)
+    if mixed and not reason:
+        print(f"results.py: error: {mixed}; relaunch the other runs at one commit, or pass "
+              "--allow-mixed-code \"REASON\" to write the page anyway (the reason is "
+              "recorded).", file=sys.stderr)
+        return 2
     report = [sys.executable, str(REPO / "analysis" / "report.py"), "--runs-root",
               str(runs_root), "--out", str(out), *sum((["--ablation", s] for s in args.studies),
                                                       [])]
@@ -105,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         f"* Commit: {git.get('git_commit', 'unknown')}"
         + (" (with uncommitted changes)" if git.get("git_dirty") else ""),
         f"* Date: {time.strftime('%Y-%m-%d')}",
+        *([f"* Code state: {mixed}; written anyway because: {reason}"] if mixed else
+          [f"* Code state: the checkout had uncommitted changes; written anyway because: "
+           f"{reason}"] if git.get("git_dirty") else
+          [f"* Code state: every run ran commit {next(iter(commits))}"] if commits else
+          ["* Code state: no run recorded its commit"]),
         "* Regenerate from scratch: `make results` (or the commands below, then the report);"
         " a stopped study resumes where it stopped.\n",
         "Wall time is this machine's clock over the study's launches, and counts whatever else"

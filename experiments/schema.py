@@ -84,6 +84,9 @@ class AblationConfig:
     overrides: dict[str, Any] = field(default_factory=dict)  # for every run of the study
     factors: dict[str, dict[str, Any]] = field(default_factory=dict)  # one product
     grids: list[GridConfig] = field(default_factory=list)  # or a union of several products
+    # What the study sets out to show, judged by the report (runfolder/study.py): each entry
+    # claim, a and b (factor -> level label), sign (+1: A > B), metric, paper_diff, in_paper.
+    findings: list[Any] = field(default_factory=list)
 
 
 @dataclass

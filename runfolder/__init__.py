@@ -12,6 +12,7 @@
       csv/             (train.loggers only) <kind>.csv: the rows of each kind
       wandb_id         (train.loggers only) the W&B run every restart continues; wandb/: W&B's
     <runs_root>/<ablation>/manifest.jsonl   one line per run: factors, seed, hashes, job ids
+    <runs_root>/<ablation>/study.json       the declared findings and the paper-scale cost
 
 `moco3` (the job) writes run folders, `experiments` (the launcher) creates them and reads
 their state, `analysis` (the report) reads them. Each imports this package and none of the
@@ -24,4 +25,5 @@ report can be rebuilt anywhere from copied logs.
     rows         row kinds, their keys, which rows a resume recomputes, JSON encoding
     atomic       whole-file writes that a crash or a full disk can never leave half-done
     instability  the one definition of a gradient spike and of a kNN dip
+    study        study.json: the findings a study declares, checked, and their cost
 """

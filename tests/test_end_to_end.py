@@ -57,6 +57,8 @@ def test_the_report_of_a_real_grid(patch_proj_grid) -> None:
     assert str(out / "README.md") in done.stdout
     readme = (out / "README.md").read_text()
     assert "## patch_proj" in readme and "| **all** | 6 | 6 |" in readme
+    # The findings patch_proj.yaml declares, judged (one seed: inconclusive, no test).
+    assert "### Findings" in readme and "frozen patch projection beats learned at lr" in readme
     for name in ("knn", "grad", "patch_proj", "final"):
         png = out / "figures" / f"patch_proj_{name}.png"
         assert png.stat().st_size > 10_000, png
@@ -68,7 +70,9 @@ def test_the_report_of_a_real_grid(patch_proj_grid) -> None:
     for row in table:
         run = root / f"patch_embed={row['patch_embed']},lr={row['lr']}" / "seed=0"
         summary = json.loads((run / "summary.json").read_text())
-        assert float(row["linear_mean"]) == pytest.approx(summary["linear_top1"], abs=0.05)
+        # The table's linear top-1 is the probe's final epoch, not its best on the eval set.
+        assert float(row["linear_mean"]) == pytest.approx(summary["linear_top1_last"],
+                                                          abs=0.05)
         assert row["states"] == "1 done"
     tex = (out / "tables" / "patch_proj.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex

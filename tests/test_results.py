@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 from experiments.results import run_minutes
 
@@ -16,3 +17,50 @@ def test_run_minutes_sums_the_runs_training_time_over_the_runs_trained_at_once(t
                                      "one run 2.0-4.0 min)")
     assert run_minutes(csv, "c") == "-"
     assert run_minutes(tmp_path / "missing.csv", "a") == "-"
+
+
+def _env(root, run: str, *commits: tuple[str, bool]) -> None:
+    import json
+
+    folder = root / run
+    folder.mkdir(parents=True)
+    (folder / "env.json").write_text(json.dumps([{"git_commit": c, "git_dirty": d}
+                                                 for c, d in commits]))
+
+
+def test_a_page_from_mixed_or_dirty_code_is_named(tmp_path):
+    from experiments.results import code_problem, run_commits
+
+    _env(tmp_path, "a/x/seed=0", ("1" * 40, False))
+    _env(tmp_path, "a/y/seed=0", ("1" * 40, False))
+    assert code_problem(run_commits(tmp_path, ["a"])) == ""
+    _env(tmp_path, "a/z/seed=0", ("1" * 40, False), ("2" * 40, True))  # resumed elsewhere
+    _env(tmp_path, "b/z/seed=0", ("3" * 40, False))  # another study: not looked at
+    commits = run_commits(tmp_path, ["a"])
+    assert commits == {"1" * 10: ["a/x/seed=0", "a/y/seed=0", "a/z/seed=0"],
+                       "2" * 10 + "+dirty": ["a/z/seed=0"]}
+    assert code_problem(commits) == (
+        f"the runs come from 2 code states: {'1' * 10} (3 runs, e.g. a/x/seed=0); "
+        f"{'2' * 10}+dirty (1 runs, e.g. a/z/seed=0)")
+
+
+def test_results_refuses_mixed_code_before_writing_the_page(tmp_path, monkeypatch, capsys):
+    from experiments import results
+
+    monkeypatch.setattr(results, "git_state", lambda repo: {"git_commit": "c", "git_dirty": 0})
+    monkeypatch.setattr(results, "run_study", lambda *a: (["python", "launch.py"], 1.0, 0))
+    reports = []
+    monkeypatch.setattr(results.subprocess, "run", lambda *a, **k: reports.append(a) or
+                        SimpleNamespace(returncode=1, stdout=""))
+    _env(tmp_path / "runs", "a/x/seed=0", ("1" * 40, False))
+    _env(tmp_path / "runs", "a/y/seed=0", ("2" * 40, False))
+    out = tmp_path / "page"
+    args = ["--studies", "a", "--runs-root", str(tmp_path / "runs"), "--out", str(out)]
+    assert results.main(args) == 2
+    assert "the runs come from 2 code states" in capsys.readouterr().err
+    assert not reports and not out.exists()
+    assert results.main(args + ["--allow-mixed-code", "a docs-only commit between"]) == 1
+    assert len(reports) == 1  # told why: the report ran (and, faked here, failed)
+    monkeypatch.setattr(results, "git_state", lambda repo: {"git_commit": "c", "git_dirty": 1})
+    assert results.main(args) == 2
+    assert "uncommitted changes" in capsys.readouterr().err
