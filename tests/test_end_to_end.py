@@ -24,25 +24,33 @@ def knn_curve(run: Path) -> list[float]:
 
 @pytest.mark.slow
 def test_the_tiny_grid_learns(patch_proj_grid) -> None:
-    """kNN accuracy ends above the same network's at initialisation, in every run.
+    """Over the grid, kNN accuracy ends above the same network's at initialisation.
 
-    Measured here (README; AMD EPYC, AVX2, fp32): 26.8 % at step 0 for every run (same seed,
-    same init), 28.6-30.8 % after 150 steps, +1.8 to +4.0 points, +2.9 on average; the same
-    kNN on raw pixels 21.8 %. Floors with room for another CPU's rounding.
+    The grid trains at whatever precision `auto` picks on the CPU that runs it (fp32, or bf16
+    where the CPU multiplies bf16 natively), and a single seed of a 150-step run is noisy, so
+    the claims are about the grid, with floors that every measurement of both precisions
+    clears with room (kNN rise per run from 26.8 % at step 0, seed 0, 150 steps):
+
+    * AMD EPYC, AVX2, fp32: +1.8 to +4.0, mean +2.9;
+    * AMD EPYC, AVX-512 BF16, bf16 (auto there): +0.2 to +5.8, mean +3.4;
+    * AMD EPYC, AVX-512 BF16, fp32 forced: +1.4 to +6.6, mean +3.2.
+
+    Raw-pixel kNN is 21.8 %; the lowest final kNN measured is 27.0 % (bf16).
     """
     cwd, done = patch_proj_grid
     assert done.returncode == 0, done.stderr[-2000:]
     runs = sorted((cwd / "runs" / "patch_proj").glob("*/seed=0"))
     assert len(runs) == 6
-    rises = []
+    rises = {}
     for run in runs:
         curve = knn_curve(run)
         assert len(curve) == 7  # at init, every 25 steps, and at the end
-        assert curve[-1] >= curve[0] + 1.0, (run.parent.name, curve)
-        rises.append(curve[-1] - curve[0])
+        rises[run.parent.name] = curve[-1] - curve[0]
         summary = json.loads((run / "summary.json").read_text())
         assert summary["knn_top1"] > summary["knn_top1_pixels"] + 3.0, summary
-    assert sum(rises) / len(rises) >= 2.0, rises
+    assert sum(rises.values()) / len(rises) >= 1.5, rises  # the grid learns on average
+    assert max(rises.values()) >= 3.0, rises  # and its best run clearly
+    assert min(rises.values()) >= -1.0, rises  # no run collapses below its initialisation
 
 
 @pytest.mark.slow
