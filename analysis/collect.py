@@ -246,7 +246,7 @@ def collect(
 def _read_runs(runs: list[FoundRun]) -> Iterator[RunData]:
     """``read_run`` of each run, in order, on as many threads as this process may use: the
     file reads and the line scan (numpy) release the GIL, so two cores read two runs."""
-    workers = min(len(runs), _cpus(), MAX_READERS)
+    workers = min(len(runs), cpus(), MAX_READERS)
     if workers <= 1:
         yield from (read_run(run.path, run.run_dir) for run in runs)
         return
@@ -254,7 +254,7 @@ def _read_runs(runs: list[FoundRun]) -> Iterator[RunData]:
         yield from pool.map(lambda run: read_run(run.path, run.run_dir), runs)
 
 
-def _cpus() -> int:
+def cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
