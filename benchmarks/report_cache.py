@@ -202,10 +202,16 @@ def cpu_name() -> str:
     """The CPU model (from /proc/cpuinfo on Linux) and how many cores this process may use."""
     name = platform.processor() or platform.machine()
     try:
+        info: dict[str, str] = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+        # Virtual machines often name only the vendor line ("AMD EPYC"): add the family,
+        # model and vector width, which tell two such CPUs apart.
+        flags = info.get("flags", "").split()
+        vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+        name = (f"{info.get('model name', name)} (family {info.get('cpu family', '?')}, "
+                f"model {info.get('model', '?')}, {vector})")
     except OSError:
         pass
     try:
@@ -268,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="builds per case; the fastest is kept (default: 3)")
     parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the generated runs")
+    parser.add_argument("--no-pdf", action="store_true",
+                        help="PNG figures only (report.py --no-pdf; the test suite's small run)")
     args = parser.parse_args(argv)
+    extra = ("--no-pdf",) if args.no_pdf else ()
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="moco3-bench-"))
     root, out = base / "runs", base / "report"
     repeats = max(1, args.repeats)
@@ -284,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             for attempt in range(repeats):
                 if before is not None:
                     before(attempt)
-                elapsed, peak, output = time_report(root, out)
+                elapsed, peak, output = time_report(root, out, *extra)
                 best = results.get(case)
                 if best is None or elapsed < best[0]:
                     results[case] = (elapsed, max(peak, best[1] if best else 0.0), output,

@@ -106,7 +106,7 @@ def test_report_benchmark_runs_at_a_small_size(tmp_path):
     cold, cached and incremental, and prints each time, the CPU and the peak memory."""
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "report_cache.py"), "--runs", "20",
-         "--rows", "500", "--repeats", "1", "--dir", str(tmp_path / "bench")],
+         "--rows", "500", "--repeats", "1", "--no-pdf", "--dir", str(tmp_path / "bench")],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
