@@ -15,9 +15,11 @@ machine only ever add time):
 * incremental -- 1 % of the runs (ones still running) logged a new kNN evaluation since:
   only those are read again, and only the figures whose data changed are drawn again.
 
-It prints the CPU (model, family, vector width, usable cores) and the load average beside
-each time, the stage timings of report.py, the peak resident memory of a report process,
-and, at the full size, each figure against its target (cold <= 10 s, cached <= 2 s,
+It prints the CPU (model, family, vector width, usable cores), and beside each time the
+CPU seconds the report used (its drawing processes included: on a machine shared with
+other work, wall time above CPU time / cores is time spent waiting for a core), the load
+average, the stage timings of report.py and the peak resident memory of a report process;
+at the full size, each figure against its target (cold <= 10 s, cached <= 2 s,
 incremental <= 3 s, memory < 4 GB).
 
 The data look like real runs: kNN rows every 100 steps with dips, probe rows at the end,
