@@ -100,6 +100,7 @@ def test_train_columns_read_by_projection_equal_the_full_reading(tmp_path):
     assert any("repeated train row" in w for w in fast_warnings)
 
 
+@pytest.mark.slow  # three report builds through the real command: ~25 s of CPU
 def test_report_benchmark_runs_at_a_small_size(tmp_path):
     """benchmarks/report_cache.py as documented, at 20 runs x 500 rows: it generates the
     study (diverged, running, truncated and resumed runs among them), builds the report
