@@ -23,7 +23,8 @@ variable, ``runs`` in the current directory.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,13 +32,14 @@ import numpy as np
 import pandas as pd
 
 from analysis.cache import ParseCache, file_key
-from analysis.rundata import RUN_FILES, load_train_rows, read_run
+from analysis.rundata import RUN_FILES, RunData, load_train_rows, read_run
 from runfolder.layout import ENV_RUNS_ROOT
 from runfolder.layout import runs_root as layout_runs_root
 
 ENV_VAR = ENV_RUNS_ROOT
 ALL_KINDS = ("train", "knn", "probe", "event")
 EVAL_KINDS = ("knn", "probe", "event")
+MAX_READERS = 8  # threads reading run folders (at most one per CPU this process may use)
 MAX_DEPTH = 6  # <root>/<ablation>/<factors>/<seed=N> is 3; leave room for nesting
 
 ID_COLUMNS = ["ablation", "run_id"]
@@ -136,12 +138,12 @@ class Collection:
             run = self.found.get(run_dir)
             if run is None:
                 continue
-            cached = self.cache.load_train(run_dir, run.metrics_key, wanted)
+            # The cache holds what was parsed: all keys, or the columns asked for.
+            key = run.metrics_key if wanted is None else f"{run.metrics_key}|{wanted}"
+            cached = self.cache.load_train(run_dir, key, wanted)
             if cached is None:
-                frame, warnings = load_train_rows(run.path / "metrics.jsonl")
-                self.cache.save_train(run_dir, run.metrics_key, frame, warnings)
-                if wanted is not None:
-                    frame = frame[[c for c in wanted if c in frame.columns]]
+                frame, warnings = load_train_rows(run.path / "metrics.jsonl", columns=wanted)
+                self.cache.save_train(run_dir, key, frame, warnings)
             else:
                 frame, warnings = cached
             for warning in warnings:  # each problem once, however often rows are loaded
@@ -192,12 +194,14 @@ def collect(
     entries: dict[str, tuple[str, dict]] = {}  # run_dir -> (key, record with _warnings)
     fresh_rows: list[dict] = []
     fresh_dirs: set[str] = set()
+    stale = []
     for run in found:
         hit = cached.get(run.run_dir)
         if hit is not None and hit[0] == run.key:
             entries[run.run_dir] = hit
-            continue
-        data = read_run(run.path, run.run_dir)
+        else:
+            stale.append(run)
+    for run, data in zip(stale, _read_runs(stale), strict=True):
         record = dict(data.record, run_dir=run.run_dir, _warnings=data.warnings)
         entries[run.run_dir] = (run.key, record)
         fresh_dirs.add(run.run_dir)
@@ -239,6 +243,24 @@ def collect(
         steps = _order_columns(steps)
     collection.steps = steps
     return collection
+
+
+def _read_runs(runs: list[FoundRun]) -> Iterator[RunData]:
+    """``read_run`` of each run, in order, on as many threads as this process may use: the
+    file reads and the line scan (numpy) release the GIL, so two cores read two runs."""
+    workers = min(len(runs), cpus(), MAX_READERS)
+    if workers <= 1:
+        yield from (read_run(run.path, run.run_dir) for run in runs)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="read-run") as pool:
+        yield from pool.map(lambda run: read_run(run.path, run.run_dir), runs)
+
+
+def cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _merge_evals(cached: pd.DataFrame | None, keep: set[str], fresh: list[dict]

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 import yaml
 
+from analysis.linescan import TRAIN_PREFIXES, scan_lines
 from analysis.reference import normalize_label
 from analysis.summarize import first_layer_group, from_eval_rows
 from runfolder import layout
@@ -50,10 +52,6 @@ SUMMARY_EXTRA_KEYS = {"total_steps", "spikes_by_group", "config_hash", "linear_t
 # moco3 writes non-finite floats as strings (runfolder.rows); Python's json writes NaN.
 _NON_FINITE_BYTES = (b'"nan"', b'"inf"', b'"-inf"', b"NaN", b"Infinity")
 
-# A metrics line is a train row when it contains one of these (json.dumps spacing, or
-# compact). Inside a JSON string the quotes would be escaped, so this cannot match a value.
-_TRAIN_MARKERS = (b'"kind": "train"', b'"kind":"train"')
-_TRAIN_PREFIXES = tuple(b"{" + marker for marker in _TRAIN_MARKERS)
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # same safe subset, in C
 
@@ -113,12 +111,21 @@ def _split_complete(data: bytes, path: Path, warnings: list[str]) -> tuple[bytes
     return data[:cut], None
 
 
+def loads(line: bytes) -> Any:
+    """One JSON value: orjson (about 5x faster than json), or json for what only json
+    reads (NaN / Infinity literals, integers beyond 64 bits)."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
+
+
 def _parse_row(line: bytes, number: int, bad: list[int]) -> dict | None:
     """The JSON object of one metrics line; None (and its number in ``bad``) if it is not a
     row with kind and step."""
     try:
-        row = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        row = loads(line)
+    except (ValueError, UnicodeDecodeError):
         bad.append(number)
         return None
     if not isinstance(row, dict) or "kind" not in row or "step" not in row:
@@ -127,24 +134,6 @@ def _parse_row(line: bytes, number: int, bad: list[int]) -> dict | None:
     for key, value in row.items():
         row[key] = decode_value(key, value)
     return row
-
-
-def _classify(body: bytes) -> tuple[list[tuple[int, bytes]], int, bytes | None]:
-    """(lines that are not plainly train rows, with their line numbers; number of train
-    lines; the last train line).
-
-    A line starting with ``{"kind": "train"`` (how json.dumps writes a row whose first key
-    is kind) is a train row without parsing it; every other line is parsed by the caller,
-    so a writer with another key order is still read right, only slower.
-    """
-    lines = body.split(b"\n")
-    prefixes = _TRAIN_PREFIXES
-    other = [(number, line) for number, line in enumerate(lines, start=1)
-             if not line.startswith(prefixes)]
-    num_train = len(lines) - len(other)
-    other = [(number, line) for number, line in other if line.strip()]
-    last = next((line for line in reversed(lines) if line.startswith(prefixes)), None)
-    return other, num_train, last
 
 
 def scan_metrics(path: Path) -> MetricsScan:
@@ -160,7 +149,8 @@ def scan_metrics(path: Path) -> MetricsScan:
     body, tail = _split_complete(data, path, scan.warnings)
     if tail is not None:
         body += tail + b"\n"
-    other, scan.num_train_rows, last_train_line = _classify(body)
+    lines = scan_lines(body)
+    other, scan.num_train_rows, last_train_line = lines.other, lines.num_train, lines.last_train
 
     rows: dict[tuple, dict] = {}
     bad: list[int] = []
@@ -215,12 +205,16 @@ def _unknown_keys(rows: list[dict]) -> str:
     return ", ".join(f"{k} ({'/'.join(sorted(v))})" for k, v in sorted(found.items()))
 
 
-def load_train_rows(path: Path, force_slow: bool = False) -> tuple[pd.DataFrame, list[str]]:
-    """All train rows of ``path`` as a DataFrame sorted by step, last row per step kept.
+def load_train_rows(path: Path, force_slow: bool = False, columns: list[str] | None = None
+                    ) -> tuple[pd.DataFrame, list[str]]:
+    """The train rows of ``path`` (all keys, or ``columns`` and step) as a DataFrame sorted
+    by step, last row per step kept.
 
-    Fast path: the train lines go to pyarrow's JSON reader. Files with non-finite values
-    (moco3.runlog writes them as "nan"/"inf" strings, Python's json as NaN/Infinity), type
-    changes between rows or train rows in another spelling take the json-module path.
+    With ``columns`` (what a figure needs), polars reads just those keys of every line
+    (~4x faster than pyarrow's reader, which parses every key); values are read as text
+    and cast, so the non-finite strings ("nan", "inf") come back as floats. Without, the
+    train lines go to pyarrow's JSON reader. Files either reader refuses (NaN / Infinity
+    literals, type changes between rows, corrupt lines) take the json-module path.
     """
     warnings: list[str] = []
     try:
@@ -231,12 +225,17 @@ def load_train_rows(path: Path, force_slow: bool = False) -> tuple[pd.DataFrame,
     if tail is not None:
         body = body + tail + b"\n"
     frame = None
-    if not force_slow and not any(token in body for token in _NON_FINITE_BYTES):
+    if columns is not None and not force_slow:
+        frame = _polars_frame(body, columns)
+    if frame is None and not force_slow and not any(token in body
+                                                     for token in _NON_FINITE_BYTES):
         train = b"\n".join(line for line in body.split(b"\n")
-                            if line.startswith(_TRAIN_PREFIXES))
+                            if line.startswith(TRAIN_PREFIXES))
         frame = _arrow_frame(train)
     if frame is None:
         frame = _python_frame(body, path, warnings)
+    if columns is not None:
+        frame = frame[[c for c in dict.fromkeys(["step", *columns]) if c in frame.columns]]
     if "step" not in frame.columns:
         frame["step"] = pd.Series(dtype="int64")
     frame = frame.drop(columns=["kind"], errors="ignore")
@@ -249,6 +248,28 @@ def load_train_rows(path: Path, force_slow: bool = False) -> tuple[pd.DataFrame,
         warnings.append(f"{path.name}: {before - len(frame)} repeated train row(s) of an earlier "
                         "writer's resume; kept the last of each")
     return frame.reset_index(drop=True), warnings
+
+
+_INT_KEYS = frozenset({"step", "images_seen", "probe_epoch"})  # the integer keys of rows
+
+
+def _polars_frame(body: bytes, columns: list[str]) -> pd.DataFrame | None:
+    """Train rows, only ``step`` and ``columns``, read by polars; None if it refuses."""
+    import polars as pl
+
+    keys = ["step", *dict.fromkeys(c for c in columns if c not in ("step", "kind"))]
+    schema = {"kind": pl.String, **dict.fromkeys(keys, pl.String)}
+    try:
+        table = pl.read_ndjson(io.BytesIO(body), schema=schema) if body else None
+    except pl.exceptions.PolarsError:
+        return None
+    if table is None:
+        return pd.DataFrame({k: pd.Series(dtype="int64" if k in _INT_KEYS else "float64")
+                             for k in keys})
+    table = table.filter(pl.col("kind") == "train").select(
+        pl.col(k).cast(pl.Int64 if k in _INT_KEYS else pl.Float64, strict=False)
+        for k in keys)
+    return table.filter(pl.col("step").is_not_null()).to_pandas()
 
 
 def _arrow_frame(train: bytes) -> pd.DataFrame | None:
