@@ -81,6 +81,9 @@ class AblationConfig:
     overrides: dict[str, Any] = field(default_factory=dict)  # for every run of the study
     factors: dict[str, dict[str, Any]] = field(default_factory=dict)  # one product
     grids: list[GridConfig] = field(default_factory=list)  # or a union of several products
+    # A study of the scale's baseline alone, on purpose (ablation/none.yaml): without it, a
+    # study with no factors, grids or overrides - an empty file - is refused.
+    baseline: bool = False
 
 
 @dataclass
