@@ -311,8 +311,8 @@ def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("args,env,message", [
-    (["ablation=nope"], {}, "Could not find 'ablation/nope'"),
-    (["model.foo=1"], {}, "Key 'foo' not in 'ModelConfig'"),
+    (["ablation=nope"], {}, "ablation=nope is not a choice of ablation; valid: batch_size,"),
+    (["model.foo=1"], {}, "model.foo is not a config key; valid keys of model: arch,"),
     (["train.epochs=ten"], {}, "could not be converted to Integer"),
     (["scale=small", "launcher=local"], {"MOCO3_DATA": "/nonexistent"},
      "cifar10 not found at /nonexistent/cifar10/cifar-10-batches-py"),
