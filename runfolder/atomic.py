@@ -60,9 +60,10 @@ def atomic_open(path: str | Path, mode: str = "w", need_bytes: int | None = None
     except BaseException as err:
         full = (isinstance(err, OSError) and err.errno == errno.ENOSPC) or (
             isinstance(err, RuntimeError) and (free_bytes(path.parent) or 0) < FULL_BYTES)
+        written = tmp.stat().st_size if full and tmp.exists() else 0
         tmp.unlink(missing_ok=True)
-        if full:
-            raise disk_full(path, need_bytes) from err
+        if full:  # what it got to write is a floor of what it needs
+            raise disk_full(path, max(need_bytes or 0, written) or None) from err
         raise
 
 
