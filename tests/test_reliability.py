@@ -609,7 +609,7 @@ def test_ctrl_c_prints_a_resume_command_that_works_from_anywhere(tmp_path):
     and prints how to resume; that command, run from another directory, finishes them."""
     from runfolder.joblock import holder
 
-    args = ["ablation=none", "launcher=local", *LONG, "train.epochs=20"]
+    args = ["ablation=none", "launcher=local", *LONG]
     env = {k: v for k, v in os.environ.items() if k not in ("MOCO3_CONF_DIR",)}
     launch = subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=tmp_path, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
@@ -617,7 +617,7 @@ def test_ctrl_c_prints_a_resume_command_that_works_from_anywhere(tmp_path):
     try:
         _wait_for(lambda: holder(run) and (read_json(run / "status.json") or {}).get(
             "step", 0) >= 1 or launch.poll() is not None, 180, "the run to train")
-        launch.send_signal(signal.SIGTERM)  # 1 of 160 steps done: it lands mid-run
+        launch.send_signal(signal.SIGTERM)  # 1 of 80 steps done: it lands mid-run
         out, _ = launch.communicate(timeout=180)
     finally:
         if launch.poll() is None:
