@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +52,11 @@ def hold(run_dir: str | Path, wait_s: float = 2.0) -> Iterator[None]:
                         f"holds {path}; wait for that job to end (or stop it) before starting "
                         "another.") from None
                 time.sleep(0.1)
+            except OSError as err:  # a file system without locks (e.g. Lustre -o noflock)
+                print(f"warning: {path}: the file system refuses locks ({err.strerror}); "
+                      "this job runs without the one-writer guard.", file=sys.stderr)
+                yield
+                return
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on host {socket.gethostname()}")
