@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if args.ablation:
-        directory = ablation_dir(root, args.ablation)
+        try:
+            directory = ablation_dir(root, args.ablation)
+        except LaunchError as err:
+            print(f"status.py: error: {err}", file=sys.stderr)
+            return 2
         if not directory.is_dir():
             known = sorted(p.name for p in root.iterdir() if (p / MANIFEST).exists()) \
                 if root.is_dir() else []
