@@ -9,7 +9,9 @@ run states, and what was skipped or repaired and why), ``<out>/tables/<ablation>
 csv}``, ``<out>/figures/<ablation>_<figure>.{png,pdf}`` and ``<out>/runs.csv`` (the runs
 table). Parsed run folders are cached under the runs root and a figure whose data has not
 changed is not redrawn, so rebuilding after a few runs moved on is quick. Never imports torch
-or moco3: a report can be rebuilt anywhere from copied logs.
+or moco3: a report can be rebuilt anywhere from copied logs. The report is built in a
+temporary folder, ``<out>/.building-<pid>``, and swapped in when complete: a build that fails leaves
+the previous report as it was, and no half-written one.
 
 Exit codes: 0 report written; 2 nothing to report (missing or empty runs root, or none of
 the requested ablations present), with one sentence and no traceback; 1 the report could not
@@ -34,6 +36,7 @@ import datetime as _dt  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -44,6 +47,7 @@ from analysis import figuredata, tables, verdicts  # noqa: E402
 from analysis.collect import (  # noqa: E402
     ENV_VAR,
     EVAL_KINDS,
+    Collection,
     RunsRootError,
     collect,
     cpus,
@@ -281,7 +285,70 @@ def build_report(
         )
 
     formats = formats or figuredata.FORMATS
-    out = Path(out)
+    final = Path(out)
+    created = not final.exists()
+    out = _staging(final)
+    try:
+        result = _write_report(out, collection, ablations, metric, x, formats, timings)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        if created:
+            shutil.rmtree(final, ignore_errors=True)  # only our own, now empty, folder
+        raise
+    _swap_in(out, final)
+    result.readme = final / "README.md"
+    timings["total"] = time.perf_counter() - t0
+    return result
+
+
+REPORT_ENTRIES = ("README.md", "runs.csv", "tables", "figures")  # what a build owns in --out
+STAGING_PREFIX = ".building-"  # <out>/.building-*: a build in progress, or a killed one's
+
+
+def _staging(final: Path) -> Path:
+    """A fresh folder inside `final` (same file system: the swap is renames) to build the
+    report in, holding a copy of the previous build's figures (an unchanged figure is
+    reused, not redrawn). The leftovers of builds that were killed are removed."""
+    final.mkdir(parents=True, exist_ok=True)
+    for stale in final.glob(f"{STAGING_PREFIX}*"):
+        if stale.is_dir() and not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = final / f"{STAGING_PREFIX}{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    if (final / "figures").is_dir():
+        shutil.copytree(final / "figures", staging / "figures")
+    return staging
+
+
+def _pid_alive(text: str) -> bool:
+    try:
+        os.kill(int(text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace the report's own entries of `final` by the staged ones (anything else a
+    user keeps in `final` stays), then remove the staging and the replaced entries."""
+    old = staging / ".replaced"
+    old.mkdir()
+    for name in REPORT_ENTRIES:
+        if (final / name).exists():
+            os.replace(final / name, old / name)
+        if (staging / name).exists():
+            os.replace(staging / name, final / name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_report(out: Path, collection: Collection, ablations: list[str] | None,
+                  metric: str | None, x: str, formats: tuple[str, ...],
+                  timings: dict[str, float]) -> ReportResult:
+    """Every file of the report, into `out` (the staging folder)."""
+    runs = collection.runs
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     manifest_path = out / "figures" / FIGURE_MANIFEST
@@ -426,7 +493,6 @@ def build_report(
     readme.extend(f"  * {n}" for n in figure_notes)
     (out / "README.md").write_text("\n".join(readme) + "\n")
     timings["readme"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
     return result
 
 

@@ -58,6 +58,20 @@ def sanitize(text: str) -> str:
     return _UNSAFE.sub("_", str(text))
 
 
+def check_folder_name(what: str, value: str) -> str:
+    """A user-given name of a folder under the runs root (`run_name=`), checked like the
+    run ids made from factor labels: relative, parts of [A-Za-z0-9._=,-] only, none of
+    them "." or "..", so it can never leave the runs root. Returns it; GridError if not."""
+    text = str(value)
+    parts = text.split("/")
+    if not text or text.startswith("/") or any(
+            part in ("", ".", "..") or sanitize(part) != part for part in parts):
+        raise GridError(f"{what}={text!r} would not be a folder inside the runs root; use "
+                        "letters, digits and . _ = , - (parts may be separated by /, none of "
+                        "them . or ..), e.g. run_name=lr1e-3.")
+    return text
+
+
 def make_run_id(factors: Mapping[str, str], seed: int) -> str:
     cell = ",".join(f"{sanitize(k)}={sanitize(v)}" for k, v in factors.items())
     return f"{cell or 'baseline'}/seed={seed}"
@@ -156,6 +170,16 @@ def seeds_for(ablation: DictConfig, scale: str, override: Any) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def _check_not_empty(study: DictConfig, ablation: str) -> None:
+    """A study that varies nothing and sets nothing (an empty file) is a mistake unless it
+    says it is the baseline alone (`baseline: true`, as ablation/none.yaml)."""
+    if not (study.factors or study.grids or study.overrides or study.baseline):
+        raise GridError(f"ablation {ablation} has no factors, no grids and no overrides (an "
+                        "empty file?); give it factors (format in experiments/conf/ablation/"
+                        "README.md), or `baseline: true` for one baseline run, as "
+                        "ablation=none does.")
+
+
 def _apply(node: DictConfig, overrides: Mapping[str, Any], scale: str, where: str) -> None:
     for key, value in overrides.items():
         applies, value = at_scale(value, scale)
@@ -200,6 +224,7 @@ def expand(cfg: DictConfig, ablation: str, scale: str) -> list[PlannedRun]:
     runs: list[PlannedRun] = []
     study = _plain(cfg.ablation.overrides) or {}
     seeds = seeds_for(cfg.ablation, scale, cfg.get("seeds"))
+    _check_not_empty(cfg.ablation, ablation)
     for factors, sources in cells(cfg.ablation, scale):
         for seed in seeds:
             run_id = make_run_id(factors, seed)

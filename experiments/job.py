@@ -52,8 +52,13 @@ def main(argv: list[str]) -> int:
                    help="sha256 of the config.yaml the launcher wrote (refuse an edited one)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of a CPU run")
     args = p.parse_args(argv)
+    from runfolder.joblock import RunFolderBusy
+
     try:
         state = RunJob(args.run_dir, args.config_sha256, args.threads)()
+    except RunFolderBusy as err:  # another live job trains this folder: not this job's error
+        print(f"job refused: {err}", file=sys.stderr)
+        return 1
     except Exception as err:  # recorded in the run folder; the traceback goes to this log
         from moco3.job import error_sentence
 

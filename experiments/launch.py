@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments import cost, progress, slurm_jobs
+from experiments.compose_errors import check_composition
 from experiments.grid import GridError, PlannedRun, expand, study_findings
 from experiments.job import RunJob
 from experiments.local_pool import pool_alive
@@ -535,8 +536,7 @@ class Launch:
                     return
                 time.sleep(poll)
         except KeyboardInterrupt:
-            again = "python experiments/launch.py " + " ".join(
-                shlex.quote(o) for o in self.overrides)
+            again = resume_command(TYPED_ARGS if TYPED_ARGS is not None else self.overrides)
             if launcher.kind == "local":
                 self.pool.send_signal(signal.SIGTERM)  # each run checkpoints and stops
                 self.pool.wait()
@@ -572,6 +572,16 @@ class Launch:
             self.say(f"{r.run_id}: {r.state}" + (f" ({r.error})" if r.error else "")
                      + f"; its log is in {self.dir / r.run_id / 'logs'}")
         return 1 if refused or unfinished else 0
+
+
+TYPED_ARGS: list[str] | None = None  # the command line as typed (conf_dir= included)
+
+
+def resume_command(args: list[str]) -> str:
+    """The command that resumes this launch from any directory: relative paths on its
+    command line (runs_root=runs) mean the directory it was launched from."""
+    return (f"cd {shlex.quote(os.getcwd())} && {shlex.quote(sys.executable)} "
+            f"{shlex.quote(str(Path(__file__).resolve()))} " + shlex.join(args)).rstrip()
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -611,11 +621,14 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """`python experiments/launch.py ...` and the installed `moco3-launch`."""
+    global TYPED_ARGS
+    TYPED_ARGS = list(sys.argv[1:])
     try:
         sys.argv[1:] = hydra_argv(sys.argv[1:])
     except LaunchError as err:
         print(f"launch.py: error: {err}", file=sys.stderr)
         sys.exit(2)
+    sys.argv[1:] = check_composition(sys.argv[1:], "launch.py")
     hydra_main()
 
 

@@ -29,6 +29,7 @@ from moco3.config import changed_keys
 from moco3.gitstate import git_state
 from runfolder import layout
 from runfolder.atomic import read_json, read_json_list, write_json, write_text
+from runfolder.joblock import holder
 from runfolder.states import RESULTS
 
 MANIFEST = layout.MANIFEST
@@ -62,7 +63,13 @@ def check_runs_root(root: Path, write: bool = True) -> None:
 
 
 def ablation_dir(runs_root: str | Path, ablation: str) -> Path:
-    return Path(runs_root) / sanitize(ablation)
+    """<runs_root>/<ablation>, the name cleaned like a run id; "." and ".." are refused
+    (they would name the runs root or its parent)."""
+    name = sanitize(ablation)
+    if name in ("", ".", ".."):
+        raise LaunchError(f"ablation name {ablation!r} is not a folder name inside the runs "
+                          "root; use letters, digits and . _ = , -.")
+    return Path(runs_root) / name
 
 
 def config_text(cfg: DictConfig) -> str:
@@ -120,7 +127,8 @@ def code_changed(run_dir: Path) -> str | None:
 
 def decide(run: PlannedRun, run_dir: Path, last_job: str | None,
            alive: Callable[[str], bool], retry_failed: bool = False) -> Decision:
-    """Skip results and active runs; refuse a run whose config.yaml differs from this
+    """Skip results and active runs (a live job id, or a live job holding the run folder's
+    lock even though its pool is gone); refuse a run whose config.yaml differs from this
     launch's once a job has trained it (named key by key); resubmit a failed run only when
     its config or code changed or with retry_failed; submit the rest."""
     status = read_json(run_dir / layout.STATUS) or {}
@@ -141,6 +149,10 @@ def decide(run: PlannedRun, run_dir: Path, last_job: str | None,
         return Decision("skip", state)
     if state in ("pending", "running") and last_job and alive(last_job):
         return Decision("skip", f"{state} in job {last_job}")
+    writer = holder(run_dir)
+    if writer:  # its pool or launcher died, the job did not: it trains on, alone
+        return Decision("skip", f"still trained by {writer}, which holds its run folder's "
+                                "lock; it finishes by itself, so no second job was started")
     if state == "failed":
         error = status.get("error") or "no error recorded"
         why = "retry_failed=true" if retry_failed else code_changed(run_dir)

@@ -87,6 +87,9 @@ class AblationConfig:
     # What the study sets out to show, judged by the report (runfolder/study.py): each entry
     # claim, a and b (factor -> level label), sign (+1: A > B), metric, paper_diff, in_paper.
     findings: list[Any] = field(default_factory=list)
+    # A study of the scale's baseline alone, on purpose (ablation/none.yaml): without it, a
+    # study with no factors, grids or overrides - an empty file - is refused.
+    baseline: bool = False
 
 
 @dataclass

@@ -7,8 +7,9 @@
 One row per run: state (pending|running[:phase]|done|failed|diverged|preempted), step of
 total, last kNN top-1, linear top-1, the precision it trains in, the last job id and, for
 SLURM jobs, the queue's state (squeue, else sacct); under the table, each failed run's
-error sentence. A pending or running run whose job is gone is shown as `lost`: launch the
-ablation again to resume it.
+error sentence. A pending or running run whose job is gone (and no live job holds its run
+folder's lock) is shown as `lost`: launch the ablation again to resume it. Exit status 2
+when there is no runs root, 1 when it holds no such ablation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from experiments import progress, slurm_jobs
 from experiments.local_pool import pool_alive
 from experiments.rundir import MANIFEST, LaunchError, ablation_dir, check_runs_root
+from runfolder.joblock import holder
 from runfolder.layout import DEFAULT_RUNS_ROOT, ENV_RUNS_ROOT, runs_root
 
 GONE = "gone"  # not in squeue, and no accounting record
@@ -59,10 +61,14 @@ def slurm_states(rows: list[progress.RunRow]) -> dict[str, str] | None:
     return states
 
 
-def mark_lost(rows: list[progress.RunRow], slurm: dict[str, str] | None) -> None:
-    """A pending/running run whose job no longer exists will not progress by itself."""
+def mark_lost(rows: list[progress.RunRow], slurm: dict[str, str] | None,
+              directory: Path | None = None) -> None:
+    """A pending/running run whose job no longer exists will not progress by itself. A run
+    whose folder lock a live job holds is running, whatever happened to its pool."""
     for r in rows:
         if r.state not in ("pending", "running") or not r.job_id:
+            continue
+        if directory is not None and holder(directory / r.run_id):
             continue
         if r.job_id.startswith(("local:", "debug:")):
             alive = pool_alive(r.job_id)
@@ -78,7 +84,7 @@ def show(directory: Path) -> str:
     if not rows:
         return f"no runs under {directory}"
     slurm = slurm_states(rows)
-    mark_lost(rows, slurm)
+    mark_lost(rows, slurm, directory)
     text = progress.format_table(rows, slurm)
     errors = [f"  {r.run_id}: {r.error}" for r in rows if r.state == "failed" and r.error]
     return text + ("\nfailed:\n" + "\n".join(errors) if errors else "")
@@ -92,8 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as err:
         print(f"status.py: error: {err}", file=sys.stderr)
         return 2
+    if not root.is_dir():
+        print(f"status.py: error: no runs root at {root.absolute()}; launch a study first, or "
+              f"point runs_root= (or ${ENV_RUNS_ROOT}) at the folder that holds its runs.",
+              file=sys.stderr)
+        return 2
     if args.ablation:
-        directory = ablation_dir(root, args.ablation)
+        try:
+            directory = ablation_dir(root, args.ablation)
+        except LaunchError as err:
+            print(f"status.py: error: {err}", file=sys.stderr)
+            return 2
         if not directory.is_dir():
             known = sorted(p.name for p in root.iterdir() if (p / MANIFEST).exists()) \
                 if root.is_dir() else []

@@ -26,7 +26,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from experiments.grid import GridError, expand
+from experiments.compose_errors import check_composition
+from experiments.grid import GridError, check_folder_name, expand
 from experiments.launch import check_top_level_keys, hydra_argv
 from experiments.rundir import (
     MANIFEST,
@@ -70,7 +71,8 @@ def prepare(cfg: DictConfig, scale: str) -> tuple[Path, str | None]:
     """Plan the run and decide as launch.py does for a study's run (runs_root/train/
     <run_name>); write config.yaml, pending status and manifest if it is to run. Returns the
     folder and the config's sha256, None for a finished run; LaunchError when refused."""
-    name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S")
+    name = check_folder_name("run_name", cfg.run_name) if cfg.run_name is not None \
+        else time.strftime("%Y%m%d-%H%M%S")
     (planned,) = expand(cfg, "train", scale)[:1]
     planned.config.meta.run_id = name
     run = replace(planned, run_id=name)
@@ -158,6 +160,7 @@ def main() -> None:
     except LaunchError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         sys.exit(2)
+    sys.argv[1:] = check_composition(sys.argv[1:], "train.py")
     hydra_main()
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from runfolder import layout
-from runfolder.atomic import atomic_open
+from runfolder.atomic import atomic_open, disk_full, free_bytes
 
 CHECKPOINT_DIR = layout.CHECKPOINTS
 LAST = layout.LAST_CHECKPOINT
@@ -39,14 +39,40 @@ def milestone_path(run_dir: Path, epoch: int) -> Path:
     return checkpoint_dir(run_dir) / _MILESTONE.format(epoch=epoch)
 
 
+def size_estimate(state: Any) -> int:
+    """Bytes `torch.save(state)` writes at least: the storages of its tensors (each once)."""
+    seen: dict[int, int] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, torch.Tensor):
+            storage = node.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+
+    walk(state)
+    return sum(seen.values())
+
+
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Write to a temporary file in the same folder, fsync, then os.replace.
 
-    A crash mid-write leaves the previous checkpoint intact; a failed write (a full disk)
-    removes its temporary file and raises DiskFullError naming the path.
+    Refuses with DiskFullError, before writing, when the device has less free space than
+    the checkpoint needs (the larger of the previous file at `path` and the state's
+    tensors). A crash mid-write leaves the previous checkpoint intact; a failed write (a
+    full disk, which torch's zip writer reports as a RuntimeError) removes its temporary
+    file and raises DiskFullError with the same sentence.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as f:
+    need = max(size_estimate(state), path.stat().st_size if path.exists() else 0)
+    free = free_bytes(path.parent)
+    if free is not None and free < need:
+        raise disk_full(path, need)
+    with atomic_open(path, "wb", need_bytes=need) as f:
         torch.save(state, f)
 
 

@@ -9,6 +9,10 @@ and resumes from the run folder's checkpoints. Whatever raises - set-up, resume,
 the probe - ends the run in state `failed` with a one-sentence `error` in status.json (and
 a `failed` event row), so `status.py` and the report can say what went wrong; if the disk
 is full, the run's own temporary files are removed and the state written again.
+
+The main process holds the run folder's lock (runfolder.joblock) from before it writes
+anything until it returns: a second job on the same folder - a relaunch while an orphaned
+job still trains, say - is refused with RunFolderBusy and writes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ from moco3.config import ConfigError, load_run_config
 from moco3.runlog import RunLog
 from runfolder import layout
 from runfolder.atomic import DiskFullError, remove_stale_temporaries
+from runfolder.joblock import RunFolderBusy, hold
 
 MAX_ERROR = 400  # characters of an error sentence in status.json
 
@@ -76,13 +82,30 @@ def run_job(run_dir: str | Path, config_sha256: str | None = None, threads: int 
 
     run_dir = Path(run_dir)
     runlog = RunLog(run_dir, is_main=True)
+    with ExitStack() as lock:
+        try:
+            info = dist.init_distributed()
+            if info.rank == 0:
+                lock.enter_context(hold(run_dir))  # RunFolderBusy: another job writes here
+        except (RunFolderBusy, KeyboardInterrupt, SystemExit):
+            raise  # RunFolderBusy: the other job's run, so record nothing in it
+        except BaseException as err:
+            record_failure(runlog, err)
+            raise
+        return _run_locked(run_dir, config_sha256, threads, log, on_row, on_start, info)
+
+
+def _run_locked(run_dir: Path, config_sha256: str | None, threads: int | None,
+                log: Callable[[str], None], on_row: Callable[[dict[str, Any]], None] | None,
+                on_start: Callable[[], None] | None, info: Any) -> str:
+    """run_job's body, with the run folder's lock held by the main process."""
+    runlog = RunLog(run_dir, is_main=info.rank == 0)
     try:
         verify_config(run_dir, config_sha256)
         cfg = load_run_config(run_dir / layout.CONFIG)
-        info = dist.init_distributed()
-        runlog = RunLog(run_dir, is_main=info.rank == 0)
         if runlog.is_main:
             remove_stale_temporaries(run_dir)
+        from moco3 import dist
         from moco3.probe import probe
         from moco3.provenance import environment_record
         from moco3.train import train

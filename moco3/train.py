@@ -456,14 +456,17 @@ class Trainer:
         }
 
     def save(self) -> None:
+        """last.pt, and at a milestone epoch its epoch_NNNN.pt first: a kill between the two
+        writes then resumes from the previous last.pt and writes both again, whereas the
+        other order would resume past the milestone and never write it."""
         self.last_save = time.monotonic()
         if not self.is_main:
             return
         state = self.state_dict()
-        ckpt.save_atomic(state, ckpt.last_path(self.run_dir))
         epoch, within = divmod(self.step, self.steps_per_epoch)
         if within == 0 and epoch in set(self.cfg.train.milestones):
             ckpt.save_atomic(state, ckpt.milestone_path(self.run_dir, epoch))
+        ckpt.save_atomic(state, ckpt.last_path(self.run_dir))
 
     def resume(self) -> bool:
         """Restore the loop's state from the checkpoint found at start, if any, and bring

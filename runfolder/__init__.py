@@ -8,6 +8,7 @@
       env.json         one provenance record per (re)start of the job, appended
       checkpoints/     last.pt (atomic), epoch_NNNN.pt milestones, probe_last.pt
       logs/            the job's stdout/stderr
+      .job.lock        flock held by the job while it runs: one writer at a time
       tensorboard/     (train.loggers only) the rows as TensorBoard events; probe/: the probe's
       csv/             (train.loggers only) <kind>.csv: the rows of each kind
       wandb_id         (train.loggers only) the W&B run every restart continues; wandb/: W&B's
@@ -24,6 +25,7 @@ report can be rebuilt anywhere from copied logs.
     states       run states, and which of them are finished
     rows         row kinds, their keys, which rows a resume recomputes, JSON encoding
     atomic       whole-file writes that a crash or a full disk can never leave half-done
+    joblock      the run folder's single-writer lock, and who holds it
     instability  the one definition of a gradient spike and of a kNN dip
     study        study.json: the findings a study declares, checked, and their cost
 """

@@ -28,16 +28,26 @@ _TEMPORARY = re.compile(r"^\..+\.tmp\d+$")
 class DiskFullError(OSError):
     """No space left for a run-folder write; the message names the path."""
 
+    def __str__(self) -> str:  # the sentence alone, without "[Errno 28]"
+        return self.strerror or super().__str__()
+
 
 def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+FULL_BYTES = 2**20  # a write that fails with less than this left counts as a full disk
+
+
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+def atomic_open(path: str | Path, mode: str = "w", need_bytes: int | None = None
+                ) -> Iterator[IO[Any]]:
     """Open a temporary file that replaces `path` when the block ends without an error.
 
-    ENOSPC becomes DiskFullError with a sentence naming the folder and the free space.
+    A full disk becomes DiskFullError with one sentence naming the device, the free space
+    and (`need_bytes`) what the file needs: ENOSPC, and also a RuntimeError raised while
+    the device is (nearly) full - torch's zip writer reports a short write that way
+    ("unexpected pos ...") instead of raising ENOSPC.
     """
     path = Path(path)
     tmp = temporary_path(path)
@@ -48,21 +58,44 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
+        full = (isinstance(err, OSError) and err.errno == errno.ENOSPC) or (
+            isinstance(err, RuntimeError) and (free_bytes(path.parent) or 0) < FULL_BYTES)
+        written = tmp.stat().st_size if full and tmp.exists() else 0
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise disk_full(path) from err
+        if full:  # what it got to write is a floor of what it needs
+            raise disk_full(path, max(need_bytes or 0, written) or None) from err
         raise
 
 
-def disk_full(path: Path) -> DiskFullError:
-    """The one sentence for a full disk: which file, and how much space is left there."""
+def free_bytes(folder: Path) -> int | None:
+    """Bytes an unprivileged writer may still use in `folder`'s file system (None: unknown)."""
     try:
-        stat = os.statvfs(path.parent)
-        free = f"{stat.f_bavail * stat.f_frsize / 2**20:.1f} MB free"
+        stat = os.statvfs(folder)
     except OSError:
-        free = "free space unknown"
-    return DiskFullError(errno.ENOSPC, f"no space left on the device to write {path} "
-                         f"({free}); free some space and launch again")
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system that holds `path` (its "device" for a user)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def disk_full(path: Path, need_bytes: int | None = None) -> DiskFullError:
+    """The one sentence for a full disk: the device, the file, the space left there and
+    (when known) the space the file needs."""
+    free = free_bytes(path.parent)
+    shown = "free space unknown" if free is None else f"{free / 2**20:.1f} MB free"
+    if need_bytes:
+        shown += f", the {'checkpoint' if path.suffix == '.pt' else 'file'} needs about " \
+                 f"{need_bytes / 2**20:.1f} MB"
+    return DiskFullError(errno.ENOSPC, f"no space left on {mount_point(path)} to write {path}: "
+                         f"{shown}; free some space and launch again")
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -16,6 +16,7 @@ SUMMARY = "summary.json"
 ENV = "env.json"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
+JOB_LOCK = ".job.lock"  # flock held by the one job that trains the run folder
 MANIFEST = "manifest.jsonl"  # in the ablation folder, beside the run folders
 # Written only when train.loggers asks for them (moco3/loggers.py):
 TENSORBOARD = "tensorboard"  # event files; probe/ beneath it holds the probe's own axis

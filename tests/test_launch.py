@@ -359,8 +359,8 @@ def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("args,env,message", [
-    (["ablation=nope"], {}, "Could not find 'ablation/nope'"),
-    (["model.foo=1"], {}, "Key 'foo' not in 'ModelConfig'"),
+    (["ablation=nope"], {}, "ablation=nope is not a choice of ablation; valid: batch_size,"),
+    (["model.foo=1"], {}, "model.foo is not a config key; valid keys of model: arch,"),
     (["train.epochs=ten"], {}, "could not be converted to Integer"),
     (["scale=small", "launcher=local"], {"MOCO3_DATA": "/nonexistent"},
      "cifar10 not found at /nonexistent/cifar10/cifar-10-batches-py"),
@@ -392,9 +392,9 @@ def test_every_command_has_a_working_help(tmp_path):
 
 def test_an_unknown_ablation_lists_the_available_ones(tmp_path):
     done = _cli(["ablation=nope"], tmp_path)
-    options = done.stderr.split("Available options in 'ablation':")[1]
+    options = done.stderr.split("valid: ", 1)[1].split(" (", 1)[0].split(", ")
     for name in ("batch_size", "patch_proj", "momentum", "negatives", "none"):
-        assert f"\t{name}\n" in options
+        assert name in options
 
 
 def test_a_launch_is_refused_while_another_holds_the_lock(tmp_path):
@@ -483,35 +483,6 @@ def _living_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             alive.append(int(proc.name))
     return alive
-
-
-def test_ctrl_c_or_sigterm_stops_local_runs_at_a_step_boundary(tmp_path):
-    """A waiting launch that is interrupted stops its runs with a checkpoint (preempted),
-    says how to resume, and the same command then finishes them."""
-    import signal
-
-    # 80 steps, so the signal lands mid-run; the kNN monitor only at the ends (it is what
-    # made this test take minutes, and it is not what the test is about).
-    fast = [a for a in FAST if not a.startswith(("train.epochs=", "train.knn_every="))]
-    args = ["ablation=none", "launcher=local", *fast, "train.epochs=20",
-            "train.knn_every=1000", "probe.enabled=false"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MOCO3_CONF_DIR",)}
-    launch = subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=tmp_path, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    run = tmp_path / "runs" / "none" / "baseline" / "seed=0"
-    deadline = time.monotonic() + 180
-    while (read_json(run / "status.json") or {}).get("step", 0) < 4:
-        assert time.monotonic() < deadline and launch.poll() is None
-        time.sleep(0.5)
-    launch.send_signal(signal.SIGTERM)
-    out, _ = launch.communicate(timeout=180)
-    status = read_json(run / "status.json")
-    assert status["state"] == "preempted", out
-    assert (run / "checkpoints" / "last.pt").exists()
-    assert "resume them with: python experiments/launch.py ablation=none" in out
-    again = _cli(args, tmp_path, timeout=600)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert read_json(run / "status.json")["state"] == "done"
 
 
 def test_status_marks_a_run_whose_job_is_gone_as_lost(tmp_path):

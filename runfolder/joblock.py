@@ -1,0 +1,86 @@
+"""One writer per run folder: the job holds an exclusive flock on `<run_dir>/.job.lock` for
+its whole life. The kernel releases the lock when the process dies, however it dies, so a
+held lock means a live job - whatever happened to the pool or launcher that started it.
+The file holds "pid N on host H" of the holder, for the sentences that name it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from runfolder.layout import JOB_LOCK
+
+
+class RunFolderBusy(RuntimeError):
+    """Another live job holds the run folder's lock; the message is one sentence."""
+
+
+def lock_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / JOB_LOCK
+
+
+def _holder_text(handle: IO[str]) -> str:
+    handle.seek(0)
+    return handle.read().strip() or "another process"
+
+
+@contextmanager
+def hold(run_dir: str | Path, wait_s: float = 2.0) -> Iterator[None]:
+    """Hold the run folder's lock for the block; RunFolderBusy (naming the holder's pid)
+    when a live job holds it. `wait_s`: how long to retry first, since a status probe
+    (`holder`) takes the lock in shared mode for an instant."""
+    path = lock_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunFolderBusy(
+                        f"{run_dir} is already being trained by {_holder_text(handle)}, which "
+                        f"holds {path}; wait for that job to end (or stop it) before starting "
+                        "another.") from None
+                time.sleep(0.1)
+            except OSError as err:  # a file system without locks (e.g. Lustre -o noflock)
+                print(f"warning: {path}: the file system refuses locks ({err.strerror}); "
+                      "this job runs without the one-writer guard.", file=sys.stderr)
+                yield
+                return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on host {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def holder(run_dir: str | Path) -> str | None:
+    """"pid N on host H" of the live job that holds the run folder's lock, or None when no
+    process holds it (never started, or its job ended or died)."""
+    path = lock_path(run_dir)
+    try:
+        handle = open(path)
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder_text(handle)
+        except OSError:
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
