@@ -8,7 +8,7 @@ Markdown table. Exit status 1 when a check that ran failed or raised. Every sect
 time budget (a SIGALRM stops it when it overruns) and what would overrun the whole run's
 budget (--budget, 480 s on CUDA) is skipped with a note, so the command ends in time on a
 card lent for a few minutes. Without CUDA (or with --device cpu) it runs a reduced version
-in under 2 minutes on a 2-core AVX2 machine (about 40 s): small ViTs at 32 px, fp32, one
+in under 2 minutes on a 2-core AVX2 machine: small ViTs at 32 px, fp32, one
 torch thread; the fp32 check compares fused with explicit attention on the CPU (the one
 difference between the job's CPU and GPU steps), gloo on the CPU stands in for NCCL, and
 the checks that need CUDA say "skipped: no CUDA". Its report opens with "CPU run: no GPU
