@@ -40,7 +40,7 @@ RUN_FILES = (layout.CONFIG, layout.STATUS, layout.SUMMARY, layout.METRICS, layou
 KNOWN_KEYS = KEYS
 STATUS_KEYS = {
     "state", "step", "total_steps", "job_id", "host", "started", "updated", "error", "phase",
-    "precision", "threads", "config_sha256",
+    "precision", "threads", "config_sha256", "num_workers",
 }
 SUMMARY_KEYS = {
     "state", "step", "knn_top1", "knn_top1_max", "linear_top1", "num_knn_dips", "max_knn_dip",
@@ -48,7 +48,8 @@ SUMMARY_KEYS = {
     "knn_top1_pixels", "precision", "threads",
 }
 # Also written by moco3 (train.py's and probe.py's summaries); known, not in the runs table.
-SUMMARY_EXTRA_KEYS = {"total_steps", "spikes_by_group", "config_hash", "linear_top1_last"}
+SUMMARY_EXTRA_KEYS = {"total_steps", "spikes_by_group", "config_hash", "linear_top1_last",
+                      "skipped_steps", "num_workers"}
 # moco3 writes non-finite floats as strings (runfolder.rows); Python's json writes NaN.
 _NON_FINITE_BYTES = (b'"nan"', b'"inf"', b'"-inf"', b"NaN", b"Infinity")
 

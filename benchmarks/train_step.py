@@ -68,9 +68,31 @@ from moco3.step import MocoStep  # noqa: E402
 from moco3.train import fused_attention_is_faster  # noqa: E402
 
 PLAIN_VITS = tuple(a for a, spec in VIT_ARCHS.items() if not spec.get("patch_embed"))
-# Dense bf16 peak of common cards (TFLOP/s), for the utilisation figure.
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0,
-                    "A10": 125.0, "V100": 125.0}
+# Dense (no sparsity) 16-bit tensor-core peak per card, TFLOP/s, from NVIDIA's datasheets:
+# bf16 where the card has it, else fp16 (V100, T4: precision auto trains in fp16 there).
+# Keyed by the name torch.cuda.get_device_name() reports, lower case, without "NVIDIA " /
+# "Tesla ". Matched exactly, never by substring: "H100 PCIe" and "H100 NVL" are slower
+# cards than the SXM "H100 80GB HBM3", and a substring match gave them its peak. A card
+# not listed gets no MFU figure (add its name here).
+PEAK_BF16_TFLOPS = {
+    "h100 80gb hbm3": 989.4, "h100 sxm5 80gb": 989.4, "h100 pcie": 756.5, "h100 nvl": 835.5,
+    "h200": 989.4, "h200 nvl": 835.5, "gh200 480gb": 989.4, "gh200 144g hbm3e": 989.4,
+    "a100-sxm4-80gb": 312.0, "a100-sxm4-40gb": 312.0, "a100-pcie-40gb": 312.0,
+    "a100 80gb pcie": 312.0, "a800-sxm4-80gb": 312.0, "l40s": 362.1, "l40": 181.0,
+    "l4": 121.0, "a10": 125.0, "rtx a6000": 154.8, "v100-sxm2-16gb": 125.0,
+    "v100-sxm2-32gb": 125.0, "v100-pcie-16gb": 112.0, "v100-pcie-32gb": 112.0, "t4": 65.0,
+}
+
+
+def card_key(name: str) -> str:
+    """A device name as the table keys it: lower case, without the vendor words."""
+    words = [w for w in name.split() if w.lower() not in ("nvidia", "tesla")]
+    return " ".join(words).lower()
+
+
+def peak_tflops(name: str) -> float | None:
+    """The card's dense 16-bit peak (PEAK_BF16_TFLOPS), by exact name; None if unknown."""
+    return PEAK_BF16_TFLOPS.get(card_key(name))
 
 
 def make_model(args: argparse.Namespace, device: torch.device) -> MoCo:
@@ -258,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         last = list(steps.values())[-1]
         flops = step_flops(last)
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in where), None)
+        peak = peak_tflops(torch.cuda.get_device_name(device))
         achieved = flops / seconds[list(steps)[-1]] / 1e12
         util = f", {100 * achieved / peak:.1f} % of the {peak:.0f} TFLOP/s bf16 peak" if peak \
             else ""

@@ -70,6 +70,11 @@ class Pool:
         if run.get("threads"):
             env["OMP_NUM_THREADS"] = str(run["threads"])
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)  # "" = CPU only
+        if gpus:
+            # Each process of a GPU run sees every core; its share (its loader workers come
+            # from it, moco3/workers.py) is the machine's cores over the pool's GPUs.
+            share = len(os.sched_getaffinity(0)) // max(1, len(self.gpu_ids))
+            env["MOCO3_CPUS_PER_GPU"] = str(max(1, share))
         logs = Path(run["run_dir"]) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = open(logs / f"{self.launch_id}.log", "a")  # closed when the run is reaped

@@ -91,7 +91,9 @@ class DataConfig:
     # Evaluation (kNN, probe) keeps this share of the resized image; None: the dataset's
     # protocol, 0.875 for ImageNet folders (Resize 256 + CenterCrop 224), else 1.0.
     eval_crop: float | None = None
-    num_workers: int = 0
+    # DataLoader worker processes; None: cores per GPU - 1 (at least 1) on a GPU, 0 on a CPU
+    # (moco3/workers.py). Not part of the config hash: it does not change results.
+    num_workers: int | None = None
 
 
 @dataclass
@@ -310,7 +312,8 @@ def config_hash(cfg: DictConfig) -> str:
     """sha256 (16 hex) of everything that changes the run's results.
 
     `meta` is excluded (where the run sits in a study does not change it), and so are the
-    logging/checkpoint cadences, so they can be changed on resume.
+    logging/checkpoint cadences and the resources (threads, loader workers), so they can be
+    changed on resume.
     """
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
@@ -320,5 +323,8 @@ def config_hash(cfg: DictConfig) -> str:
                 "threads", "compile", "loggers", "wandb_project", "wandb_entity"):
         train.pop(key, None)
     container["train"] = train
+    data = dict(container.get("data", {}))
+    data.pop("num_workers", None)
+    container["data"] = data
     blob = json.dumps(container, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -4,10 +4,31 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
+
+# How long a collective may wait for the other ranks before the job fails instead of hanging.
+# Explicit rather than the backend's default (NCCL: 10 min): rank 0 alone runs the kNN
+# monitor (up to knn_memory + knn_queries images at the run's resolution) while the other
+# ranks wait at a barrier, and a hung job should fail well before the cluster's time limit.
+# MOCO3_DIST_TIMEOUT_S overrides it (a kNN memory of a whole dataset on a slow file system).
+DIST_TIMEOUT_S = 1800.0
+
+
+def dist_timeout() -> timedelta:
+    """The process group's collective timeout: MOCO3_DIST_TIMEOUT_S or DIST_TIMEOUT_S."""
+    raw = os.environ.get("MOCO3_DIST_TIMEOUT_S", "").strip()
+    try:
+        seconds = float(raw) if raw else DIST_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"MOCO3_DIST_TIMEOUT_S={raw!r} is not a number of seconds; unset it "
+                         "or give a positive number.") from None
+    if not seconds > 0:
+        raise ValueError(f"MOCO3_DIST_TIMEOUT_S={raw!r} must be a positive number of seconds.")
+    return timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -86,7 +107,7 @@ def init_distributed() -> DistInfo:
     device = _device(local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, init_method="env://", rank=rank,
-                            world_size=world_size)
+                            world_size=world_size, timeout=dist_timeout())
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 

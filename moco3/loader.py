@@ -68,6 +68,9 @@ def epoch_loader(images: Dataset, two_views: Any, sampler: StepBatchSampler, see
     bank / drop-path draw from).
     """
     collate = BatchTransformCollate(two_views, seed_of=functools.partial(view_seed, seed, epoch))
+    # Persistent workers: the workers live as long as this loader (one epoch from the
+    # step it starts at); the next epoch's loader starts its own.
     return DataLoader(images, batch_sampler=sampler, num_workers=num_workers,
                       collate_fn=collate, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0,
                       generator=torch.Generator().manual_seed(0))

@@ -62,6 +62,7 @@ class InstabilityMonitor:
         self.detectors: dict[str, SpikeDetector] = {}
         self.dips = DipTracker(dip_points)
         self.spikes: dict[str, int] = {}
+        self.skipped_steps = 0  # fp16 steps the GradScaler skipped (overflowed gradients)
 
     def grad_norms(self, norms: dict[str, float]) -> list[dict[str, Any]]:
         """Spike events for one step's gradient norms (one per group that spikes)."""
@@ -75,6 +76,13 @@ class InstabilityMonitor:
                 self.spikes[group] = self.spikes.get(group, 0) + 1
         return events
 
+    def skipped_step(self) -> dict[str, Any]:
+        """The event of an fp16 step the GradScaler skipped (its unscaled gradients held an
+        inf or NaN): the scaler's normal search for a loss scale, not an instability, so it
+        is neither a spike nor part of any group's history."""
+        self.skipped_steps += 1
+        return {"event": "skipped_step"}
+
     def knn(self, value: float) -> list[dict[str, Any]]:
         """A dip event when kNN accuracy falls more than dip_points below its running max."""
         dip = self.dips.update(value)
@@ -85,7 +93,8 @@ class InstabilityMonitor:
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": {g: d.state_dict() for g, d in self.detectors.items()},
-                "dips": self.dips.state_dict(), "spikes": dict(self.spikes)}
+                "dips": self.dips.state_dict(), "spikes": dict(self.spikes),
+                "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.detectors = {}
@@ -94,3 +103,4 @@ class InstabilityMonitor:
             self.detectors[group].load_state_dict(history)
         self.dips.load_state_dict(state["dips"])
         self.spikes = {k: int(v) for k, v in state["spikes"].items()}
+        self.skipped_steps = int(state.get("skipped_steps", 0))

@@ -76,6 +76,18 @@ def cpu_kind() -> str:
     return f"{kind} ({FORCE_FAST_BF16_ENV}={int(forced)})"
 
 
+def cuda_has_native_bf16() -> bool:
+    """True when the current CUDA device computes bf16 natively (Ampere and later).
+
+    torch.cuda.is_bf16_supported() counts emulated bf16 as supported by default; on a
+    T4-class card emulated bf16 is much slower than fp16 with a GradScaler, so `auto`
+    asks for native support only."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # an older torch without the including_emulation argument
+        return bool(torch.cuda.is_bf16_supported())
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
     """`requested` (auto | fp32 | bf16 | fp16) -> the precision to train in on `device`."""
     if requested not in REQUESTABLE:
@@ -87,7 +99,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     if requested != "auto":
         return requested
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_native_bf16() else "fp16"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 

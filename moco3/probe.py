@@ -38,6 +38,7 @@ from moco3.train import (
     pick_device,
     use_fused_attention,
 )
+from moco3.workers import resolve_num_workers
 
 
 def probe_lr(lr_base: float, batch: int, epoch: int, epochs: int) -> float:
@@ -117,7 +118,9 @@ class Prober:
                                      seed=self.cfg.seed, drop_last=False)
         sampler.set_epoch(epoch)
         return DataLoader(dataset, batch_size=batch, sampler=sampler,
-                          num_workers=self.cfg.data.num_workers,
+                          num_workers=resolve_num_workers(self.cfg.data.num_workers,
+                                                          self.device),
+                          pin_memory=self.device.type == "cuda",
                           generator=torch.Generator().manual_seed(0))
 
     def _cached(self, dataset: Any) -> TensorDataset:

@@ -41,9 +41,11 @@ from moco3.negatives import Negatives, build_negatives
 from moco3.optim import build_optimizer
 from moco3.precision import autocast_dtype, resolve_precision
 from moco3.preemption import PreemptionFlag
+from moco3.rngstate import gather_rng_states, restore_rng_state
 from moco3.runlog import RunLog
 from moco3.schedules import lr_at, momentum_at, scaled_lr, wd_at
 from moco3.step import MocoStep
+from moco3.workers import resolve_num_workers
 
 GROUPS = ("patch_embed", "first_block", "last_block", "heads")
 VIT_KEYS = ("img_size", "patch_size", "depth", "embed_dim", "num_heads", "patch_embed",
@@ -106,20 +108,6 @@ def _peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class StepTimer:
     """Wall time of the steps (waiting for the batch included; kNN and checkpoints not),
     per logging window and in total."""
@@ -174,6 +162,11 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.precision)
         # kNN features in the evaluation precision (fp32 by default, as the official probe).
         self.eval_dtype = autocast_dtype(resolve_precision(cfg.probe.precision, self.device))
+
+        # Loader workers from this job's resources unless the config sets them; pinned
+        # memory on a GPU (asynchronous host-to-device copies of the batches).
+        self.num_workers = resolve_num_workers(cfg.data.num_workers, self.device)
+        self.pin_memory = self.device.type == "cuda"
 
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -235,7 +228,8 @@ class Trainer:
         if self.resume() and self.step >= self.total_steps:
             return self._finished_earlier()
         self.runlog.set_state("running", step=self.step, total_steps=self.total_steps,
-                              precision=self.precision, threads=self.threads, error=None,
+                              precision=self.precision, threads=self.threads,
+                              num_workers=self.num_workers, error=None,
                               phase="pretrain")
         if self.step == 0 and self.cfg.train.knn_every:
             self.run_knn()  # the curve starts at initialisation: the baseline of "it learns"
@@ -276,7 +270,7 @@ class Trainer:
                                        epoch, first, self.steps_per_epoch, self.rank,
                                        self.world)
             loader = epoch_loader(self.images, self.two_views, sampler, cfg.seed, epoch,
-                                  cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+                                  self.num_workers, pin_memory=self.pin_memory)
             for (x1, x2), _, index in loader:
                 yield x1, x2, index
                 if self.step >= self.total_steps:
@@ -354,6 +348,9 @@ class Trainer:
         for step, loss, step_norms in zip(steps, losses, norms, strict=True):
             if not math.isfinite(loss):
                 return step
+            if self.skipped_by_scaler(step_norms):
+                self._write(self._row("event", step=step, **self.monitor.skipped_step()))
+                continue
             trainable = {g: v for g, v in zip(self.groups, step_norms, strict=False)
                          if self._group_trains(g)}
             for event in self.monitor.grad_norms(trainable):
@@ -361,6 +358,15 @@ class Trainer:
         if sched is not None:
             self._write_train_row(losses[-1], norms[-1], sched)
         return None
+
+    def skipped_by_scaler(self, norms: list[float]) -> bool:
+        """Whether the GradScaler skipped the step of these gradient norms (fp16 only).
+
+        The scaler skips exactly when an unscaled gradient holds an inf or NaN, and then the
+        total norm (the last entry, over every group's gradients) is not finite either;
+        with finite gradients it is finite (it would take a norm above 1e19). Read from
+        the norms the step returns anyway: no extra host synchronisation."""
+        return self.scaler is not None and not math.isfinite(norms[-1])
 
     def _write_train_row(self, loss: float, norms: list[float], sched: dict[str, float]
                          ) -> None:
@@ -387,10 +393,14 @@ class Trainer:
         eval_tf = eval_transform(self.cfg)
         memory = range(min(t.knn_memory, len(self.train_set)))
         queries = range(min(t.knn_queries, len(self.val_set)))
+        # Persistent workers: these two loaders are read at every kNN evaluation, and
+        # starting their workers each time would cost more than the smaller evaluations.
+        workers = {"batch_size": 256, "num_workers": self.num_workers,
+                   "pin_memory": self.pin_memory, "persistent_workers": self.num_workers > 0}
         self.knn_memory = DataLoader(Subset(IndexedTransformDataset(self.train_set, eval_tf),
-                                            memory), batch_size=256, num_workers=d.num_workers)
+                                            memory), **workers)
         self.knn_queries = DataLoader(Subset(IndexedTransformDataset(self.val_set, eval_tf),
-                                             queries), batch_size=256, num_workers=d.num_workers)
+                                             queries), **workers)
 
     @torch.no_grad()
     def knn(self, features: Callable[[Tensor], Tensor] | None = None) -> float:
@@ -442,14 +452,15 @@ class Trainer:
         state["path"] = path
         return state
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rng: dict[str, Any] | None) -> dict[str, Any]:
+        """The checkpoint; `rng`: every rank's random state (gather_rng_states)."""
         return {
             "step": self.step, "config_hash": self.hash,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "precision": self.precision, "threads": self.threads,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "negatives": self.negatives.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None, "rng": _rng_state(),
+            "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng,
             "monitor": self.monitor.state_dict(), "train_seconds": self.timer.total,
             "last_knn": self.last_knn, "knn_pixels": self.knn_pixels,
             "last_train_row": self.last_train_row,
@@ -460,9 +471,10 @@ class Trainer:
         writes then resumes from the previous last.pt and writes both again, whereas the
         other order would resume past the milestone and never write it."""
         self.last_save = time.monotonic()
+        rng = gather_rng_states(self.device)  # a collective: every rank takes part
         if not self.is_main:
             return
-        state = self.state_dict()
+        state = self.state_dict(rng)
         epoch, within = divmod(self.step, self.steps_per_epoch)
         if within == 0 and epoch in set(self.cfg.train.milestones):
             ckpt.save_atomic(state, ckpt.milestone_path(self.run_dir, epoch))
@@ -481,7 +493,9 @@ class Trainer:
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.monitor.load_state_dict(state["monitor"])
-        _set_rng_state(state["rng"])
+        missing = restore_rng_state(state["rng"], self.rank, self.device)
+        if missing:
+            self.say(missing)
         self.step = int(state["step"])
         self.timer = StepTimer(float(state["train_seconds"]))
         self.last_knn, self.knn_pixels = state["last_knn"], state.get("knn_pixels")
@@ -551,8 +565,10 @@ class Trainer:
             "num_spikes_first": self.monitor.spikes.get(first_group, 0),
             "num_spikes_last": self.monitor.spikes.get("last_block", 0),
             "spikes_by_group": dict(self.monitor.spikes), "diverged_step": diverged_step,
+            "skipped_steps": self.monitor.skipped_steps,
             "final_loss": last.get("loss"), "train_seconds": self.timer.total,
             "config_hash": self.hash, "precision": self.precision, "threads": self.threads,
+            "num_workers": self.num_workers,
         }
 
 

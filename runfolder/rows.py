@@ -9,7 +9,8 @@ Every row has `kind`, `step`, `epoch` and `images_seen`, then the values of its 
     probe  per linear-probe epoch (step = probe epoch): probe_epoch, probe_loss, probe_top1,
            lr
     event  event = grad_spike (group, value, reference, threshold), knn_dip (value,
-           reference, threshold), diverged, resumed, preempted, failed
+           reference, threshold), diverged, skipped_step (an fp16 step the GradScaler
+           skipped: overflowed gradients, not a spike), resumed, preempted, failed
 
 Exactly once: a run resumed from the checkpoint of step S first removes the rows that the
 steps after S wrote (STEP rows: train and knn rows and the spike / dip / divergence events,
@@ -42,7 +43,7 @@ KEYS: dict[str, frozenset[str]] = {
     "event": COMMON_KEYS | {"event", "group", "value", "reference", "threshold", "error"},
 }
 KINDS = tuple(KEYS)
-STEP_EVENTS = ("grad_spike", "knn_dip", "diverged")  # recomputed by a resumed run
+STEP_EVENTS = ("grad_spike", "knn_dip", "diverged", "skipped_step")  # a resumed run redoes them
 JOB_EVENTS = ("resumed", "preempted", "failed")  # what happened to the job: always kept
 EVENTS = (*STEP_EVENTS, *JOB_EVENTS)
 
