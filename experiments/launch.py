@@ -37,7 +37,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments import cost, progress, slurm_jobs
+from experiments import cost, only, progress, slurm_jobs
 from experiments.grid import GridError, PlannedRun, expand
 from experiments.job import RunJob
 from experiments.local_pool import pool_alive
@@ -66,7 +66,8 @@ PROFILE_ENV = "MOCO3_CLUSTER_PROFILE"
 # -- command line ----------------------------------------------------------------------------
 def hydra_argv(argv: list[str], environ: dict[str, str] | None = None) -> list[str]:
     """Check the command line and put it in Hydra's terms: `conf_dir=PATH` and
-    $MOCO3_CONF_DIR join the search path, `--runs-root DIR` becomes runs_root=DIR. Refuses,
+    $MOCO3_CONF_DIR join the search path, `--runs-root DIR` becomes runs_root=DIR, `only=`
+    is put in Hydra's grammar (experiments/only.py). Refuses,
     with one sentence, what would otherwise be silently dropped or half done: -m (one study
     per command) and ~key deletions."""
     environ = dict(os.environ) if environ is None else environ
@@ -84,6 +85,8 @@ def hydra_argv(argv: list[str], environ: dict[str, str] | None = None) -> list[s
                               f"instead ({arg[1:].split('=')[0]}=null).")
         if arg.startswith("conf_dir="):
             dirs.append(arg.split("=", 1)[1])
+        elif arg.startswith(only.KEY):
+            rest.append(only.only_override(arg))
         elif arg == "--runs-root" or arg.startswith("--runs-root="):
             value = arg.split("=", 1)[1] if "=" in arg else next(args, "")
             rest.append(f"runs_root={value}")

@@ -310,6 +310,36 @@ def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path):
     assert _files(tmp_path) == []
 
 
+# Every spelling of only= that README.md and --help document, through the real command.
+@pytest.mark.parametrize("only,expected", [
+    ("only=lr=1.5e-4", {"patch_embed=learned,lr=1.5e-4/seed=0",
+                        "patch_embed=frozen,lr=1.5e-4/seed=0"}),
+    ("only=patch_embed=frozen,lr=1.5e-4/seed=0", {"patch_embed=frozen,lr=1.5e-4/seed=0"}),
+    ("only=[lr=1.5e-4,frozen]", {"patch_embed=learned,lr=1.5e-4/seed=0",
+                                 "patch_embed=frozen,lr=1.5e-4/seed=0",
+                                 "patch_embed=frozen,lr=0.5e-4/seed=0",
+                                 "patch_embed=frozen,lr=1.0e-4/seed=0"}),
+    ("only=['patch_embed=learned,lr=0.5e-4']", {"patch_embed=learned,lr=0.5e-4/seed=0"}),
+])
+def test_only_takes_the_documented_spellings(tmp_path, only, expected):
+    done = _cli(["ablation=patch_proj", "launcher=local", "dry_run=true", only], tmp_path)
+    assert done.returncode == 0, done.stderr
+    listed = {line.split()[0] for line in done.stdout.splitlines() if "/seed=" in line}
+    assert listed == expected
+    assert f"{len(expected)} runs; about" in done.stdout
+    assert _files(tmp_path) == []
+
+
+def test_the_only_spellings_in_the_docs_are_the_tested_ones():
+    documented = {"only=lr=1.5e-4", "only=[lr=1.5e-4,seed=0]"}
+    for path in (REPO / "README.md", CONF_DIR / "hydra" / "help" / "launch.yaml"):
+        text = path.read_text()
+        found = {w.strip("`,.;:()") for w in text.split() if w.strip("`(").startswith("only=")}
+        assert found and found <= documented, (path, found)
+    for form in documented:
+        assert hydra_argv([form])[0].startswith("only=['")
+
+
 @pytest.mark.parametrize("args,env,message", [
     (["ablation=nope"], {}, "Could not find 'ablation/nope'"),
     (["model.foo=1"], {}, "Key 'foo' not in 'ModelConfig'"),
@@ -319,6 +349,7 @@ def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path):
     (["conf_dir=/nonexistent"], {}, "conf_dir /nonexistent is not a directory"),
     (["launcher=local", "resources.gpus=4"], {}, "runs need 4 GPUs each"),
     (["launcher=local", "only=[nope]"], {}, "only=['nope'] matches no run"),
+    (["launcher=local", "only=[a,]"], {}, "an empty item would match every run"),
     (["-m", "ablation=lr,momentum", "dry_run=true"], {}, "-m/--multirun is not supported"),
     (["+foo=1", "dry_run=true"], {}, "unknown top-level key(s) foo"),
     (["~only"], {}, "~only: launch.py does not delete keys"),
