@@ -330,6 +330,32 @@ def test_only_takes_the_documented_spellings(tmp_path, only, expected):
     assert _files(tmp_path) == []
 
 
+def test_show_prints_the_config_yaml_a_launch_writes_and_writes_nothing(tmp_path, fake):
+    extra = ("model.depth=2", "optim.base_lr=2e-3")
+    assert _debug_launch(tmp_path, "patch_proj", extra) == 0
+    run_id = "patch_embed=frozen,lr=1.5e-4/seed=0"
+    written = (tmp_path / "runs" / "patch_proj" / run_id / "config.yaml").read_text()
+    before = _files(tmp_path)
+    shown = _cli(["ablation=patch_proj", f"runs_root={tmp_path}/runs", *extra,
+                  f"show={run_id}"], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == written
+    # a text found in exactly one run id picks it; the level's value is in the config
+    short = _cli(["ablation=patch_proj", *extra, "show=frozen,lr=1.5e-4"], tmp_path)
+    assert short.stdout == written and "patch_embed: frozen" in written
+    several = _cli(["ablation=patch_proj", "show=frozen"], tmp_path)
+    assert several.returncode == 2 and "show=frozen matches several runs" in several.stderr
+    assert _files(tmp_path) == before
+
+
+def test_train_show_prints_the_config_of_run_name(tmp_path):
+    done = _cli(["model.depth=2", "show=mine"], tmp_path, script=REPO / "experiments" / "train.py")
+    assert done.returncode == 0, done.stderr
+    cfg = OmegaConf.create(done.stdout)
+    assert cfg.meta.run_id == "mine" and cfg.model.depth == 2 and cfg.meta.ablation == "train"
+    assert _files(tmp_path) == []
+
+
 def test_the_only_spellings_in_the_docs_are_the_tested_ones():
     documented = {"only=lr=1.5e-4", "only=[lr=1.5e-4,seed=0]"}
     for path in (REPO / "README.md", CONF_DIR / "hydra" / "help" / "launch.yaml"):

@@ -1,8 +1,10 @@
-"""`only=`: the spellings a user types, put in terms Hydra's override grammar accepts.
+"""`only=` and `show=`: run ids as a user types them, put in terms Hydra's grammar accepts.
 
 Run ids hold `=` and `,` (`patch_embed=frozen,lr=1.5e-4/seed=0`), which Hydra's grammar
 refuses unquoted (`only=[lr=1.5e-4]`: "no viable alternative at input '[lr='"). So the
-command line's `only=` is rewritten before Hydra parses it:
+command line's `only=` and `show=` are rewritten before Hydra parses them:
+
+    show=patch_embed=frozen,lr=1.5e-4/seed=0    one run id (or a text in exactly one id)
 
     only=lr=1.5e-4                   one substring, taken verbatim (commas included, so a
                                      whole run id copied from status.py works)
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 from experiments.rundir import LaunchError
 
-KEY = "only="
+ONLY = "only="
+SHOW = "show="
 
 
 def _split_list(inner: str) -> list[str]:
@@ -56,7 +59,7 @@ def _quote(item: str) -> str:
 
 def only_override(arg: str) -> str:
     """`only=...` as typed -> an override Hydra parses to the list of substrings meant."""
-    value = arg[len(KEY):]
+    value = arg[len(ONLY):]
     if value == "null":
         return arg
     if value.startswith("[") and value.endswith("]"):
@@ -66,4 +69,16 @@ def only_override(arg: str) -> str:
     if not all(items):
         raise LaunchError(f"{arg}: an empty item would match every run; write e.g. "
                           "only=lr=1.5e-4 or only=[lr=1.5e-4,seed=0].")
-    return f"{KEY}[{','.join(_quote(i) for i in items)}]"
+    return f"{ONLY}[{','.join(_quote(i) for i in items)}]"
+
+
+def show_override(arg: str) -> str:
+    """`show=RUN_ID` as typed -> the same value quoted for Hydra."""
+    value = arg[len(SHOW):]
+    if value == "null":
+        return arg
+    value = _unquote(value)
+    if not value:
+        raise LaunchError("show= needs a run id, e.g. show=patch_embed=frozen,lr=1.5e-4/seed=0 "
+                          "(the dry run lists them).")
+    return f"{SHOW}{_quote(value)}"
