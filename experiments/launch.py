@@ -57,6 +57,7 @@ from experiments.rundir import (
 )
 from experiments.schema import LAUNCHERS, LaunchConfig, LauncherConfig, register
 from moco3.config import ConfigError
+from runfolder.cli import invoked_as
 from runfolder.states import RESULTS
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -102,6 +103,15 @@ def hydra_argv(argv: list[str], environ: dict[str, str] | None = None) -> list[s
             raise LaunchError(f"conf_dir {d} is not a directory.")
     paths = ",".join(f"file://{Path(d).expanduser().resolve()}" for d in dirs)
     return [*rest, f"hydra.searchpath=[{paths}]"]
+
+
+def help_overrides(argv: list[str], default: str, help_config: str) -> list[str]:
+    """With --help: the help page `help_config` (hydra/help/), naming the command as it was
+    invoked (`moco3-launch` installed, `python experiments/launch.py` in a checkout)."""
+    if "--help" not in argv and "-h" not in argv:
+        return []
+    name = invoked_as(default).replace("'", "")
+    return [f"hydra/help={help_config}", f"hydra.help.app_name='{name}'"]
 
 
 def check_top_level_keys(cfg: DictConfig) -> None:
@@ -566,7 +576,9 @@ def hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """`python experiments/launch.py ...` and the installed `moco3-launch`."""
     try:
-        sys.argv[1:] = hydra_argv(sys.argv[1:])
+        argv = ["--help" if a == "-h" else a for a in sys.argv[1:]]
+        sys.argv[1:] = hydra_argv(argv) + help_overrides(argv, "python experiments/launch.py",
+                                                          "launch")
     except LaunchError as err:
         print(f"launch.py: error: {err}", file=sys.stderr)
         sys.exit(2)

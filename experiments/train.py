@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from experiments.grid import GridError, PlannedRun, expand
-from experiments.launch import check_top_level_keys, hydra_argv
+from experiments.launch import check_top_level_keys, help_overrides, hydra_argv
 from experiments.rundir import (
     MANIFEST,
     LaunchError,
@@ -164,7 +164,9 @@ def hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """`python experiments/train.py ...` and the installed `moco3-train`."""
     try:
-        sys.argv[1:] = hydra_argv(sys.argv[1:])
+        argv = ["--help" if a == "-h" else a for a in sys.argv[1:]]
+        sys.argv[1:] = hydra_argv(argv) + help_overrides(argv, "python experiments/train.py",
+                                                          "train")
     except LaunchError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         sys.exit(2)

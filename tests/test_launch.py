@@ -390,13 +390,48 @@ def test_bad_input_gets_one_sentence_and_writes_nothing(tmp_path, args, env, mes
     assert _files(tmp_path) == []
 
 
-def test_every_command_has_a_working_help(tmp_path):
+def test_every_command_has_its_own_help_naming_it_as_invoked(tmp_path):
+    train = REPO / "experiments" / "train.py"
     for script, expected in ((LAUNCH, "retry_failed=true"), (STATUS, "--runs-root"),
                              (REPO / "analysis" / "report.py", "--runs-root"),
-                             (REPO / "experiments" / "train.py", "run_name=NAME")):
+                             (train, "run_name=NAME")):
         done = _cli(["--help"], tmp_path, script=script)
         assert done.returncode == 0 and expected in done.stdout, (script, done.stderr)
+        assert f"python {script}" in done.stdout  # the path as typed, not another command's
+    helps = {script: _cli(["--help"], tmp_path, script=script).stdout for script in (LAUNCH,
+                                                                                   train)}
+    assert "Train one run here" in helps[train] and "Launch one of" not in helps[train]
+    assert "Launch one of" in helps[LAUNCH] and "Train one run here" not in helps[LAUNCH]
+    for module in ("moco3.tensorboard", "moco3.export"):
+        done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.startswith(f"usage: python -m {module} ")
+        assert "--runs-root" in done.stdout
     assert _files(tmp_path) == []
+
+
+def test_every_command_takes_the_runs_root_the_same_way(tmp_path):
+    """`--runs-root DIR` and `runs_root=DIR` mean the same to every command."""
+    missing = tmp_path / "nope"
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    commands = [
+        (STATUS, [], f"no ablations under {missing}"),
+        (REPO / "analysis" / "report.py", [], f"The runs root '{missing}' does not exist"),
+        (REPO / "moco3" / "tensorboard.py", [], f"{missing} is not a folder"),
+        (REPO / "moco3" / "export.py", ["a/seed=0", "--format", "timm"],
+         f"{missing}/a/seed=0 has no config.yaml"),
+    ]
+    for script, args, message in commands:
+        for root in (["--runs-root", str(missing)], [f"runs_root={missing}"]):
+            done = _cli([*args, *root], tmp_path, script=script, timeout=120)
+            assert message in done.stdout + done.stderr, (script, root, done.stderr)
+    for script in (LAUNCH, REPO / "experiments" / "train.py"):
+        for root in (["--runs-root", str(afile)], [f"runs_root={afile}"]):
+            done = _cli(["model.depth=1", *root], tmp_path, script=script)
+            assert done.returncode == 2
+            assert f"runs_root {afile} is a file, not a folder" in done.stderr, done.stderr
+    assert [p.name for p in _files(tmp_path)] == ["afile"]
 
 
 def test_an_unknown_ablation_lists_the_available_ones(tmp_path):
