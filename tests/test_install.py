@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,4 +67,18 @@ def test_the_installed_commands_work_outside_the_checkout(installed, tmp_path):
                            env={**os.environ, "PYTHONPATH": str(installed)},
                            capture_output=True, text=True, cwd=tmp_path)
     assert str(REPO) not in where.stdout and str(installed) in where.stdout
+    # Its code identity is the commit it was built from, recorded by setuptools-scm.
+    identity = subprocess.run([sys.executable, "-c", "import json; from moco3.code_identity "
+                               "import code_identity; print(json.dumps(code_identity()))"],
+                              env={**os.environ, "PYTHONPATH": str(installed)},
+                              capture_output=True, text=True, cwd=tmp_path)
+    record = json.loads(identity.stdout)
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    if head:
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True).stdout
+        assert record["code_source"] == "build" and head.startswith(record["git_commit"])
+        assert len(record["git_commit"]) >= 7 and record["git_dirty"] == bool(dirty.strip())
+    assert len(record["code_hash"]) == 64
     assert list(tmp_path.iterdir()) == []  # a dry run and status wrote nothing
