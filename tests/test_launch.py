@@ -263,6 +263,9 @@ def test_the_cluster_profile_is_merged_and_the_command_line_wins(tmp_path, monke
     assert params["time"] == launcher.timeout_min and params["setup"] == ["module load x"]
     cpu = job_parameters({"gpus": 0, "cpus": 1, "timeout_min": 5, "mem_gb": None}, launcher, "j")
     assert (cpu["ntasks_per_node"], cpu["cpus_per_task"], cpu["time"]) == (1, 1, 5)
+    long = job_parameters({"gpus": 0, "cpus": 1, "timeout_min": 10**5, "mem_gb": None},
+                          launcher, "j")
+    assert long["time"] == launcher.timeout_min  # the profile's limit caps a run's own
     assert "gpus_per_node" not in cpu
     with pytest.raises(LaunchError, match="does not split evenly"):
         job_parameters({"gpus": 5, "cpus": None, "timeout_min": None, "mem_gb": None},
@@ -271,6 +274,23 @@ def test_the_cluster_profile_is_merged_and_the_command_line_wins(tmp_path, monke
     monkeypatch.setenv("MOCO3_CLUSTER_PROFILE", str(tmp_path / "bad.yaml"))
     with pytest.raises(LaunchError, match="partitoin"):
         resolve_launcher(_compose(["launcher=slurm"]), ["launcher=slurm"], print)
+
+
+def test_the_worked_cluster_profile_of_the_readme_composes(monkeypatch):
+    """docs/cluster/example-site.yaml, the README's quickstart profile, as
+    $MOCO3_CLUSTER_PROFILE: a paper-scale patch_proj run gets its nodes on that site."""
+    profile = REPO / "docs" / "cluster" / "example-site.yaml"
+    assert str(profile.relative_to(REPO)) in (REPO / "README.md").read_text()
+    monkeypatch.setenv("MOCO3_CLUSTER_PROFILE", str(profile))
+    cfg = _compose(["ablation=patch_proj", "scale=paper", "launcher=slurm"])
+    launcher = resolve_launcher(cfg, ["launcher=slurm"], print)
+    run = expand(cfg, "patch_proj", "paper")[0]
+    params = job_parameters(run.resources, launcher, "moco3-patch_proj")
+    assert (params["partition"], params["account"], params["mem"]) == ("gpu", "ssl-lab",
+                                                                       "480GB")
+    assert (params["nodes"], params["ntasks_per_node"], params["gpus_per_node"]) == (
+        run.resources["gpus"] // 8, 8, 8)
+    assert params["setup"] == ["module load cuda/12.4"] and params["time"] == 2880
 
 
 def test_the_local_pool_bounds_parallelism(tmp_path, monkeypatch):
