@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,10 @@ BUILD_RECORD = "_build"  # moco3/_build.py, written by setuptools-scm (pyproject
 
 
 def package_dirs() -> list[Path]:
-    """The folders the four packages are imported from (without importing them)."""
-    dirs = []
-    for name in PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.submodule_search_locations:
-            dirs.extend(Path(p) for p in spec.submodule_search_locations)
-    return dirs
+    """The four packages' folders: beside this one, as a checkout and an install lay them
+    out (not whatever sys.path finds first under those names)."""
+    root = Path(__file__).resolve().parents[1]
+    return [root / name for name in PACKAGES if (root / name / "__init__.py").is_file()]
 
 
 @functools.cache
