@@ -55,6 +55,7 @@ from analysis.collect import (  # noqa: E402
 )
 from analysis.reference import REFERENCES  # noqa: E402
 from analysis.study import load_study  # noqa: E402
+from runfolder import cli  # noqa: E402
 
 FIGURE_MANIFEST = ".figures.json"
 SKIPPED_LIST_CAP = 40
@@ -497,13 +498,8 @@ def _write_report(out: Path, collection: Collection, ablations: list[str] | None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python analysis/report.py",
-        description="Turn run folders into the paper's tables and the instability figures.",
-    )
-    parser.add_argument("--runs-root", default=None,
-                        help=f"folder of <ablation>/<run_id>/ run folders (default: ${ENV_VAR} "
-                             "or ./runs)")
+    parser = cli.parser("python analysis/report.py", "Turn run folders into the paper's "
+                        "tables and the instability figures.")
     parser.add_argument("--out", default="report", help="report folder (default: report)")
     parser.add_argument("--ablation", action="append", default=None, metavar="NAME",
                         help="only this ablation (repeatable; default: every one present)")
@@ -516,18 +512,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-cache", action="store_true",
                         help="parse every run folder again (ignore and do not write the cache)")
     parser.add_argument("--timings", action="store_true", help="print how long each stage took")
-    parser.add_argument("pairs", nargs="*", metavar="key=value",
-                        help="runs_root=DIR and ablation=NAME, as on launch.py's command line")
-    args = parser.parse_args(argv)
-    for pair in args.pairs:
-        key, sep, value = pair.partition("=")
-        if key == "runs_root" and sep:
-            args.runs_root = value
-        elif key == "ablation" and sep:
-            args.ablation = [*(args.ablation or []), value]
-        else:
-            parser.error(f"unknown argument {pair!r}; use runs_root=DIR and ablation=NAME")
-    return args
+    cli.add_pairs(parser, ("runs_root", "ablation"))
+    args = parser.parse_intermixed_args(argv)
+    return cli.apply_pairs(parser, args, ("runs_root", "ablation"), repeatable=("ablation",))
 
 
 def main(argv: list[str] | None = None) -> int:

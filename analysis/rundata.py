@@ -377,6 +377,8 @@ def provenance(records: list[dict]) -> dict[str, Any]:
     for r in records:
         if r.get("git_commit"):
             r["_commit"] = r["git_commit"][:10] + ("+dirty" if r.get("git_dirty") else "")
+        elif r.get("code_hash"):  # a copy built without git: its sources' hash
+            r["_commit"] = f"sources {r['code_hash'][:10]}"
     return {"env.torch": values("torch_version"), "env.device": values("gpu_model",
                                                                        "cpu_capability"),
             "env.commit": values("_commit"), "env.starts": len(records) or None}

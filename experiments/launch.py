@@ -37,7 +37,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments import cost, progress, slurm_jobs
+from experiments import cost, progress, run_id_args, slurm_jobs
 from experiments.compose_errors import check_composition
 from experiments.grid import GridError, PlannedRun, expand, study_findings
 from experiments.job import RunJob
@@ -48,6 +48,7 @@ from experiments.rundir import (
     LaunchError,
     ablation_dir,
     check_runs_root,
+    config_text,
     decide,
     launch_lock,
     manifest_row,
@@ -57,6 +58,7 @@ from experiments.rundir import (
 )
 from experiments.schema import LAUNCHERS, LaunchConfig, LauncherConfig, register
 from moco3.config import ConfigError
+from runfolder.cli import invoked_as
 from runfolder.states import RESULTS
 from runfolder.study import write_study
 
@@ -68,7 +70,8 @@ PROFILE_ENV = "MOCO3_CLUSTER_PROFILE"
 # -- command line ----------------------------------------------------------------------------
 def hydra_argv(argv: list[str], environ: dict[str, str] | None = None) -> list[str]:
     """Check the command line and put it in Hydra's terms: `conf_dir=PATH` and
-    $MOCO3_CONF_DIR join the search path, `--runs-root DIR` becomes runs_root=DIR. Refuses,
+    $MOCO3_CONF_DIR join the search path, `--runs-root DIR` becomes runs_root=DIR, `only=`
+    and `show=` are put in Hydra's grammar (experiments/run_id_args.py). Refuses,
     with one sentence, what would otherwise be silently dropped or half done: -m (one study
     per command) and ~key deletions."""
     environ = dict(os.environ) if environ is None else environ
@@ -86,6 +89,10 @@ def hydra_argv(argv: list[str], environ: dict[str, str] | None = None) -> list[s
                               f"instead ({arg[1:].split('=')[0]}=null).")
         if arg.startswith("conf_dir="):
             dirs.append(arg.split("=", 1)[1])
+        elif arg.startswith(run_id_args.ONLY):
+            rest.append(run_id_args.only_override(arg))
+        elif arg.startswith(run_id_args.SHOW):
+            rest.append(run_id_args.show_override(arg))
         elif arg == "--runs-root" or arg.startswith("--runs-root="):
             value = arg.split("=", 1)[1] if "=" in arg else next(args, "")
             rest.append(f"runs_root={value}")
@@ -98,6 +105,15 @@ def hydra_argv(argv: list[str], environ: dict[str, str] | None = None) -> list[s
             raise LaunchError(f"conf_dir {d} is not a directory.")
     paths = ",".join(f"file://{Path(d).expanduser().resolve()}" for d in dirs)
     return [*rest, f"hydra.searchpath=[{paths}]"]
+
+
+def help_overrides(argv: list[str], default: str, help_config: str) -> list[str]:
+    """With --help: the help page `help_config` (hydra/help/), naming the command as it was
+    invoked (`moco3-launch` installed, `python experiments/launch.py` in a checkout)."""
+    if "--help" not in argv and "-h" not in argv:
+        return []
+    name = invoked_as(default).replace("'", "")
+    return [f"hydra/help={help_config}", f"hydra.help.app_name='{name}'"]
 
 
 def check_top_level_keys(cfg: DictConfig) -> None:
@@ -359,8 +375,24 @@ class Launch:
                                      self.alive, retry_failed=bool(self.cfg.retry_failed))
         return out
 
+    def show(self, runs: list[PlannedRun]) -> str:
+        """The config.yaml that run `cfg.show` (its id, or a text in exactly one id) would
+        get, byte for byte; nothing is written."""
+        wanted = str(self.cfg.show)
+        match = [r for r in runs if r.run_id == wanted] or [r for r in runs
+                                                            if wanted in r.run_id]
+        if len(match) != 1:
+            raise LaunchError(
+                f"show={wanted} {'matches no run' if not match else 'matches several runs'} "
+                f"of ablation {self.ablation} at scale {self.scale}; its run ids: "
+                f"{', '.join(r.run_id for r in (match or runs))}.")
+        return config_text(match[0].config)
+
     def run(self) -> int:
         runs = self.plan()
+        if self.cfg.show:
+            sys.stdout.write(self.show(runs))
+            return 0
         launcher = resolve_launcher(self.cfg, self.overrides, self.say)
         check_data(runs, download_ok=not self.cfg.dry_run,
                    missing=self.say if self.cfg.dry_run else None)
@@ -624,7 +656,9 @@ def main() -> None:
     global TYPED_ARGS
     TYPED_ARGS = list(sys.argv[1:])
     try:
-        sys.argv[1:] = hydra_argv(sys.argv[1:])
+        argv = ["--help" if a == "-h" else a for a in sys.argv[1:]]
+        sys.argv[1:] = hydra_argv(argv) + help_overrides(argv, "python experiments/launch.py",
+                                                          "launch")
     except LaunchError as err:
         print(f"launch.py: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -25,8 +25,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.grid import PlannedRun, sanitize
+from moco3.code_identity import code_identity, same_commit
 from moco3.config import changed_keys
-from moco3.gitstate import git_state
 from runfolder import layout
 from runfolder.atomic import read_json, read_json_list, write_json, write_text
 from runfolder.joblock import holder
@@ -111,16 +111,25 @@ def config_changes(run: PlannedRun, run_dir: Path) -> list[str] | None:
 
 
 def code_changed(run_dir: Path) -> str | None:
-    """Why the code may differ from the one a failed run last ran (a new commit, or
-    uncommitted changes here), or None when it is the same commit, clean."""
+    """Why the code here differs from the one a failed run last ran, or None when it is the
+    same: another commit, else other source files (moco3.code_identity: checkouts,
+    installed copies and copies without git alike)."""
     records = read_json_list(run_dir / layout.ENV)
-    ran = next((r.get("git_commit") for r in reversed(records) if r.get("git_commit")), None)
-    now = git_state(Path(__file__).resolve().parent)
-    if not now or not ran:
+    ran = next((r for r in reversed(records) if r.get("git_commit") or r.get("code_hash")),
+               None)
+    if ran is None:
         return None
-    if now["git_commit"] != ran:
-        return f"the code moved from commit {ran[:10]} to {now['git_commit'][:10]}"
-    if now["git_dirty"]:
+    now = code_identity()
+    then_commit, now_commit = ran.get("git_commit"), now.get("git_commit")
+    if then_commit and now_commit and not same_commit(then_commit, now_commit):
+        return f"the code moved from commit {then_commit[:10]} to {now_commit[:10]}"
+    if ran.get("code_hash"):
+        if ran["code_hash"] != now["code_hash"]:
+            return (f"the source files changed (hash {ran['code_hash'][:10]} -> "
+                    f"{now['code_hash'][:10]})")
+        return None
+    # A record from before code_hash existed: only the dirty flag can tell.
+    if then_commit and now_commit and now.get("git_dirty"):
         return "the checkout has uncommitted changes"
     return None
 

@@ -104,6 +104,7 @@ class LaunchConfig(RunConfig):
     wait: bool = True  # return when every run has ended (False: right after submitting)
     seeds: list[int] | None = None  # replaces the ablation's seeds
     only: list[str] | None = None  # launch only the runs whose id contains one of these
+    show: str | None = None  # print this run's config.yaml as a launch would write it; no launch
     retry_failed: bool = False  # resubmit failed runs even if neither config nor code changed
     run_name: str | None = None  # experiments/train.py: <runs_root>/train/<run_name>
 

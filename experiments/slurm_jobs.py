@@ -107,7 +107,10 @@ def job_parameters(resources: dict[str, Any], launcher: DictConfig, name: str) -
     mem = resources.get("mem_gb") or launcher.mem_gb
     if mem:
         params["mem"] = f"{int(math.ceil(mem))}GB"
-    params["time"] = int(resources.get("timeout_min") or launcher.timeout_min)
+    # A run's own wall time (the scales set one), never above the profile's: that is the
+    # site's limit (a partition refuses longer jobs); a longer run requeues and resumes.
+    asked = resources.get("timeout_min")
+    params["time"] = int(min(asked, launcher.timeout_min) if asked else launcher.timeout_min)
     params["job_name"] = name
     params["signal_delay_s"] = int(launcher.signal_delay_s)
     params["array_parallelism"] = int(launcher.array_parallelism)

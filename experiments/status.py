@@ -21,30 +21,23 @@ from pathlib import Path
 from experiments import progress, slurm_jobs
 from experiments.local_pool import pool_alive
 from experiments.rundir import MANIFEST, LaunchError, ablation_dir, check_runs_root
+from runfolder import cli
 from runfolder.joblock import holder
-from runfolder.layout import DEFAULT_RUNS_ROOT, ENV_RUNS_ROOT, runs_root
+from runfolder.layout import ENV_RUNS_ROOT, runs_root
 
 GONE = "gone"  # not in squeue, and no accounting record
 
 
+PROG = "python experiments/status.py"
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     """`--ablation NAME --runs-root DIR`, or launch.py's `ablation=NAME runs_root=DIR`."""
-    p = argparse.ArgumentParser(
-        prog="python experiments/status.py",
-        description="Where an ablation's runs stand: one row per run, from the run folders "
-                    "(and squeue/sacct for SLURM jobs); failed runs with their error.")
+    p = cli.parser(PROG, "Where an ablation's runs stand: one row per run, from the run "
+                   "folders (and squeue/sacct for SLURM jobs); failed runs with their error.")
     p.add_argument("--ablation", default="", help="a study under the runs root (default: all)")
-    p.add_argument("--runs-root", default=None, help=f"the runs root (default: ${ENV_RUNS_ROOT} "
-                   f"or {DEFAULT_RUNS_ROOT})")
-    p.add_argument("pairs", nargs="*", metavar="key=value",
-                   help="ablation=NAME and runs_root=DIR, as on launch.py's command line")
-    args = p.parse_args(argv)
-    for pair in args.pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in ("ablation", "runs_root"):
-            p.error(f"unknown argument {pair!r}; use ablation=NAME and runs_root=DIR")
-        setattr(args, key, value)
-    return args
+    cli.add_pairs(p, ("runs_root", "ablation"))
+    return cli.apply_pairs(p, p.parse_intermixed_args(argv), ("runs_root", "ablation"))
 
 
 def slurm_states(rows: list[progress.RunRow]) -> dict[str, str] | None:
@@ -96,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_runs_root(root, write=False)
     except LaunchError as err:
-        print(f"status.py: error: {err}", file=sys.stderr)
+        print(f"{cli.invoked_as(PROG)}: error: {err}", file=sys.stderr)
         return 2
     if not root.is_dir():
         print(f"status.py: error: no runs root at {root.absolute()}; launch a study first, or "
@@ -112,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if not directory.is_dir():
             known = sorted(p.name for p in root.iterdir() if (p / MANIFEST).exists()) \
                 if root.is_dir() else []
-            print(f"status.py: no runs of ablation {args.ablation} under {root} "
+            print(f"{cli.invoked_as(PROG)}: no runs of ablation {args.ablation} under {root} "
                   f"(found: {', '.join(known) or 'none'}).", file=sys.stderr)
             return 1
         print(show(directory))

@@ -3,6 +3,7 @@
     python experiments/train.py                                  # tiny scale, built-in data
     python experiments/train.py model.patch_embed=learned optim.base_lr=1e-3 run_name=lr1e-3
     python experiments/train.py scale=small data=cifar10 data.root=~/data/cifar10
+    python experiments/train.py model.depth=6 show=NAME   # run_name=NAME's config.yaml, no run
 
 It composes the same config tree as launch.py (defaults: scale=tiny, the built-in synthetic
 data) and writes the run folder `<runs_root>/train/<run_name>` (default name: the time of
@@ -27,13 +28,14 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from experiments.compose_errors import check_composition
-from experiments.grid import GridError, check_folder_name, expand
-from experiments.launch import check_top_level_keys, hydra_argv
+from experiments.grid import GridError, PlannedRun, check_folder_name, expand
+from experiments.launch import check_top_level_keys, help_overrides, hydra_argv
 from experiments.rundir import (
     MANIFEST,
     LaunchError,
     ablation_dir,
     check_runs_root,
+    config_text,
     decide,
     launch_lock,
     manifest_row,
@@ -67,15 +69,20 @@ class Progress:
         self.bar.set_postfix(shown, refresh=True)
 
 
+def plan(cfg: DictConfig, scale: str, name: str) -> PlannedRun:
+    """The run `name` as launch.py plans a study's run (runs_root/train/<name>)."""
+    (planned,) = expand(cfg, "train", scale)[:1]
+    planned.config.meta.run_id = name
+    return replace(planned, run_id=name)
+
+
 def prepare(cfg: DictConfig, scale: str) -> tuple[Path, str | None]:
     """Plan the run and decide as launch.py does for a study's run (runs_root/train/
     <run_name>); write config.yaml, pending status and manifest if it is to run. Returns the
     folder and the config's sha256, None for a finished run; LaunchError when refused."""
     name = check_folder_name("run_name", cfg.run_name) if cfg.run_name is not None \
         else time.strftime("%Y%m%d-%H%M%S")
-    (planned,) = expand(cfg, "train", scale)[:1]
-    planned.config.meta.run_id = name
-    run = replace(planned, run_id=name)
+    run = plan(cfg, scale, name)
     directory = ablation_dir(cfg.runs_root, "train")
     run_dir = directory / name
     with launch_lock(directory, "train"):
@@ -137,6 +144,9 @@ def hydra_main(cfg: DictConfig) -> None:
         sys.exit(2)
     try:
         check_top_level_keys(cfg)
+        if cfg.show:  # show=NAME: the config.yaml run_name=NAME would get; nothing written
+            sys.stdout.write(config_text(plan(cfg, choices["scale"], str(cfg.show)).config))
+            sys.exit(0)
         check_runs_root(Path(cfg.runs_root))
         code = run_single(cfg, choices["scale"])
     except (ConfigError, GridError, LaunchError) as err:
@@ -156,7 +166,9 @@ def hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """`python experiments/train.py ...` and the installed `moco3-train`."""
     try:
-        sys.argv[1:] = hydra_argv(sys.argv[1:])
+        argv = ["--help" if a == "-h" else a for a in sys.argv[1:]]
+        sys.argv[1:] = hydra_argv(argv) + help_overrides(argv, "python experiments/train.py",
+                                                          "train")
     except LaunchError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -8,7 +8,9 @@ defaults are the official MoCo v3 ViT recipe at paper scale; `scale/tiny.yaml` s
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ DATASETS = ("synthetic", "textures", "digits", "cifar10", "cifar100", "stl10", "
 OPTIMIZERS = ("adamw", "lars", "lamb")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOGGERS = ("tensorboard", "wandb", "csv")
+# The package each logger imports, and the pip extra (pyproject.toml) that installs it.
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 DEVICES = ("auto", "cpu", "cuda")
 CHOICES: dict[str, tuple[Any, ...]] = {
     "model.arch": ARCHS,
@@ -218,6 +222,16 @@ AT_MOST_ONE = ("moco.m0", "moco.bank_momentum", "data.crop_min", "data.eval_crop
 _FIXED_TRAIN_SIZES = {"cifar10": 50000, "cifar100": 50000, "stl10": 5000}
 
 
+def installed(package: str) -> bool:
+    """Whether `package` can be imported, without importing it (wandb takes seconds)."""
+    if package in sys.modules:
+        return sys.modules[package] is not None  # None: blocked, as if not installed
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first bad value and what is valid. This is THE check of
     a run configuration, shared by the launch, the dry run, a run by hand and the job."""
@@ -228,6 +242,10 @@ def validate(cfg: DictConfig) -> None:
     for name in cfg.train.loggers:
         if name not in LOGGERS:
             raise ConfigError(f"train.loggers has {name!r}; choose from {list(LOGGERS)}.")
+        if name in LOGGER_PACKAGES and not installed(LOGGER_PACKAGES[name]):
+            raise ConfigError(f"train.loggers has {name!r}, whose package {LOGGER_PACKAGES[name]}"
+                              f" is not installed here; pip install 'moco3[{name}]' (or drop "
+                              f"{name} from train.loggers).")
     for key, low, strict in RANGES:
         value = _lookup(cfg, key)
         if value is None:

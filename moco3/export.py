@@ -38,6 +38,7 @@ from moco3.augment import IMAGENET_MEAN, IMAGENET_STD
 from moco3.config import ConfigError, config_hash, load_run_config
 from moco3.model import MoCo
 from moco3.train import build_moco
+from runfolder import cli
 
 FORMATS = layouts.FORMATS
 DEFAULT_NAMES = {"timm": "timm.safetensors", "deit": "deit.pth", "moco": "moco.pth.tar"}
@@ -339,12 +340,17 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, forc
     return out, side
 
 
+PROG = "python -m moco3.export"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="moco3-export", description="\n\n".join(__doc__.split("\n\n")[:2]),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(PROG, "\n\n".join(__doc__.split("\n\n")[:2]),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (config.yaml, "
-                        "checkpoints/last.pt)")
+                        "checkpoints/last.pt); with --runs-root (or runs_root=DIR), its path "
+                        "below the runs root: <ablation>/<run_id>")
+    parser.add_argument("pairs", nargs="*", metavar="runs_root=DIR",
+                        help="the runs root, as on launch.py's command line")
     parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt",
                         help="the target (see above)")
     parser.add_argument("--out", default=None, help="the weights file to write (default: "
@@ -355,7 +361,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("--no-verify", action="store_true", help="skip loading the file into "
                         "its target and comparing features")
-    return parser.parse_args(argv)
+    args = cli.apply_pairs(parser, parser.parse_intermixed_args(argv), ("runs_root",))
+    if args.runs_root is not None:
+        args.run_dir = str(Path(args.runs_root) / args.run_dir)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                verify=not args.no_verify)
     except (ExportError, ConfigError, ckpt.CheckpointError) as err:
         message = str(err) if str(err).endswith(".") else f"{err}."
-        print(f"moco3-export: error: {message}", file=sys.stderr)
+        print(f"{cli.invoked_as(PROG)}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -8,19 +8,27 @@ from pathlib import Path
 from typing import Any
 
 
+def _git(folder: Path, *args: str) -> str | None:
+    """git's output in `folder`, None when git fails or is missing."""
+    try:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def git_state(folder: Path) -> dict[str, Any]:
     """{"git_commit", "git_dirty"} of the git checkout holding `folder` (dirty: uncommitted
     changes to tracked files); empty when it is not in a checkout or git is missing."""
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
-                                  text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
+    commit = _git(folder, "rev-parse", "HEAD")
     if not commit:
         return {}
     return {"git_commit": commit,
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+            "git_dirty": bool(_git(folder, "status", "--porcelain", "--untracked-files=no"))}
+
+
+def tracked(path: Path) -> bool:
+    """Whether git tracks `path` (False outside a checkout, or for an ignored copy)."""
+    return _git(path.parent, "ls-files", "--error-unmatch", path.name) is not None

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from moco3.gitstate import git_state
+from moco3.code_identity import code_identity
 from moco3.precision import cpu_kind
 
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "omegaconf", "moco3")
@@ -54,7 +54,7 @@ def environment_record(world_size: int, hosts: list[str] | None = None) -> dict[
         "cpu_cores": len(os.sched_getaffinity(0)),
         "world_size": world_size,
         "hosts": hosts if hosts is not None else [socket.gethostname()],
-        **git_state(Path(__file__).resolve().parent),
+        **code_identity(),  # git_commit, git_dirty, code_source, code_hash
     }
     record.update({k.lower(): os.environ[k] for k in SLURM_VARIABLES if k in os.environ})
     return record

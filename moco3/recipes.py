@@ -25,6 +25,15 @@ def r50_setting(epochs: int) -> int:
     return min(R50_RECIPES, key=lambda e: (abs(math.log(max(1, int(epochs)) / e)), e))
 
 
+R50_WARMUP_EPOCHS = 10  # main_moco.py's default, the same at every official length
+
+
 def r50_recipe(key: str, epochs: int) -> float:
-    """The official R50 value of `key` (base_lr | weight_decay | m0) for `epochs`."""
+    """The official R50 value of `key` (base_lr | weight_decay | m0 | warmup_epochs) for
+    `epochs`."""
+    if key == "warmup_epochs":
+        # Divergence: a run shorter than 100 epochs warms up for a tenth of its length (the
+        # official ratio at 100 epochs) rather than 10 epochs, which would be all of a
+        # 10-epoch run.
+        return float(min(R50_WARMUP_EPOCHS, int(epochs) / 10))
     return R50_RECIPES[r50_setting(epochs)][key]

@@ -1,20 +1,22 @@
 """Run folders' metrics.jsonl as TensorBoard event files, for runs that logged nothing else.
 
-    python -m moco3.tensorboard RUNS_ROOT [--out DIR]        (installed: moco3-tensorboard)
+    python -m moco3.tensorboard [--runs-root DIR] [--out DIR]   (installed: moco3-tensorboard)
     tensorboard --logdir DIR
 
-Every folder below RUNS_ROOT that holds a metrics.jsonl is a run folder (the folders inside
-it are not searched). Its scalars go to <out>/<its path below RUNS_ROOT>/ - the launcher's
-<ablation>/<run_id> - and its probe's to .../probe/, named as the live logger names them
-(moco3.loggers.scalars); out defaults to <RUNS_ROOT>/tensorboard. metrics.jsonl is read by
-the contract's rules (runfolder.rows.read_rows): a truncated last line is skipped, and of
-rows repeated by a folder that an older version resumed, the last of each is kept. Running
-it again replaces what it wrote before.
+The runs root is given as to every command (runfolder.cli): `--runs-root DIR` or
+`runs_root=DIR`, else $MOCO3_RUNS_ROOT, else ./runs; a bare folder (`moco3-tensorboard
+runs`, or one run folder) is accepted too. Every folder below RUNS_ROOT that holds a
+metrics.jsonl is a run folder (the folders inside it are not searched). Its scalars go to
+<out>/<its path below RUNS_ROOT>/ - the launcher's <ablation>/<run_id> - and its probe's to
+.../probe/, named as the live logger names them (moco3.loggers.scalars); out defaults to
+<RUNS_ROOT>/tensorboard. metrics.jsonl is read by the contract's rules
+(runfolder.rows.read_rows): a truncated last line is skipped, and of rows repeated by a
+folder that an older version resumed, the last of each is kept. Running it again replaces
+what it wrote before.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from moco3.loggers import EventFolder, scalars, step_axis
-from runfolder import layout
+from runfolder import cli, layout
 from runfolder.rows import read_rows
 
 Row = dict[str, Any]
@@ -67,15 +69,20 @@ def _step(row: Row) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m moco3.tensorboard",
-        description="Convert the metrics.jsonl of every run folder below RUNS_ROOT to "
-                    "TensorBoard event files (<out>/<ablation>/<run_id>/).")
-    parser.add_argument("runs_root", type=Path, metavar="RUNS_ROOT")
+    parser = cli.parser("python -m moco3.tensorboard", "Convert the metrics.jsonl of every "
+                        "run folder below the runs root to TensorBoard event files "
+                        "(<out>/<ablation>/<run_id>/).")
     parser.add_argument("--out", type=Path, default=None,
                         help="where the event files go (default: RUNS_ROOT/tensorboard)")
-    args = parser.parse_args(argv)
-    root: Path = args.runs_root
+    parser.add_argument("pairs", nargs="*", metavar="runs_root=DIR | DIR",
+                        help="the runs root as on launch.py's command line, or a bare folder")
+    args = parser.parse_intermixed_args(argv)
+    folders = [p for p in args.pairs if p.partition("=")[0] != "runs_root"]
+    args.pairs = [p for p in args.pairs if p not in folders]
+    cli.apply_pairs(parser, args, ("runs_root",))
+    if len(folders) > 1 or (folders and args.runs_root):
+        parser.error("give the runs root once (--runs-root DIR, runs_root=DIR or DIR).")
+    root = layout.runs_root(folders[0] if folders else args.runs_root)
     if not root.is_dir():
         parser.error(f"{root} is not a folder")
     out: Path = args.out if args.out is not None else root / layout.TENSORBOARD

@@ -28,4 +28,5 @@ report can be rebuilt anywhere from copied logs.
     joblock      the run folder's single-writer lock, and who holds it
     instability  the one definition of a gradient spike and of a kNN dip
     study        study.json: the findings a study declares, checked, and their cost
+    cli          the command-line conventions: the runs root, key=value pairs, the name
 """

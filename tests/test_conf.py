@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -14,6 +16,7 @@ from experiments import cost
 from experiments.grid import GridError, at_scale, expand, make_run_id, sanitize
 from experiments.launch import CONF_DIR
 from experiments.schema import SCALES, register
+from moco3.recipes import r50_recipe
 
 register()
 
@@ -145,6 +148,57 @@ def test_resnet50_gets_the_official_r50_recipe_for_its_length(epochs, lr, wd, m0
         c = run.config
         assert (c.train.epochs, c.optim.base_lr, c.optim.weight_decay, c.moco.m0) == (
             200, 0.3, 1e-6, 0.99)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_resnet50_takes_the_r50_recipe_over_the_scales_adamw_values(scale):
+    """model=resnet50 picks LARS; the recipe's lr, wd and warmup win over what the scale
+    sets for AdamW, at every scale; the command line and optim=adamw still choose."""
+    cfg = _runs("none", scale, ("model=resnet50",))[0].config
+    epochs = cfg.train.epochs
+    assert (cfg.optim.name, cfg.optim.base_lr, cfg.optim.weight_decay) == (
+        "lars", r50_recipe("base_lr", epochs), r50_recipe("weight_decay", epochs))
+    assert cfg.optim.warmup_epochs == min(10, epochs / 10)
+    assert cfg.optim.base_lr >= 0.3  # the recipe's LARS lrs, never a scale's AdamW 1e-4-1e-3
+    adamw = _runs("none", scale)[0].config.optim
+    chosen = _runs("none", scale, ("model=resnet50", "optim=adamw"))[0].config.optim
+    assert (chosen.name, chosen.base_lr, chosen.warmup_epochs) == (
+        "adamw", adamw.base_lr, adamw.warmup_epochs)
+    mine = _runs("none", scale, ("model=resnet50", "optim.base_lr=0.05",
+                                 "optim.warmup_epochs=3"))[0].config.optim
+    assert (mine.base_lr, mine.warmup_epochs) == (0.05, 3)
+
+
+def _small_scale_claims() -> list[tuple[str, object, object, list[str]]]:
+    """(key, small-scale value, paper value, scales) of each line of divergences.md's
+    small-scale section that names a config key."""
+    text = (CONF_DIR.parents[1] / "docs" / "divergences.md").read_text()
+    section = text.split("## The small scales")[1].split("\n## ")[0]
+    claims = []
+    for line in section.splitlines():
+        if not line.startswith("* `") or "." not in line.split("`")[1]:
+            continue
+        match = re.match(r"\* `([a-z_]+\.[a-z_0-9]+)` (\S+) instead of (\S+) \(([a-z, ]+)\):",
+                         line)
+        assert match, f"divergences.md: a key line the test cannot check: {line}"
+        key, small, paper, scales = match.groups()
+        claims.append((key, yaml.safe_load(small), yaml.safe_load(paper),
+                       [s.strip() for s in scales.split(",")]))
+    return claims
+
+
+def test_the_divergences_page_states_the_scale_files_values():
+    claims = _small_scale_claims()
+    assert {c[0] for c in claims} >= {"data.crop_min", "moco.m0", "optim.warmup_epochs"}
+    configs = {scale: _runs("none", scale)[0].config for scale in SCALES}
+    for key, small, paper, scales in claims:
+        assert OmegaConf.select(configs["paper"], key) == paper, key
+        for scale in SCALES:
+            value = OmegaConf.select(configs[scale], key)
+            if scale in scales:
+                assert value == small, (key, scale, value)
+            else:
+                assert value == paper, (key, scale, value)
 
 
 def test_every_momentum_level_means_its_label():

@@ -351,8 +351,9 @@ def assert_refused(capsys: pytest.CaptureFixture, argv: list[str], *words: str) 
     assert main(argv) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("moco3-export: error: "), captured.err
-    message = lines[0][len("moco3-export: error: "):]
+    prefix = "python -m moco3.export: error: "  # named as invoked; in-process: the module
+    assert len(lines) == 1 and lines[0].startswith(prefix), captured.err
+    message = lines[0][len(prefix):]
     assert message.endswith(".") and ". " not in message, message  # one sentence
     for word in words:
         assert word in message, message
@@ -449,11 +450,12 @@ def test_default_output_and_an_older_checkpoint(tmp_path: Path) -> None:
 
 
 def test_module_entry_point_refuses_without_traceback(tmp_path: Path) -> None:
-    """`python -m moco3.export` exits 2 with one line on stderr (and the console script
-    moco3-export is this same main)."""
+    """`python -m moco3.export` exits 2 with one line on stderr, naming itself as invoked
+    (the console script moco3-export is this same main)."""
     done = subprocess.run([sys.executable, "-m", "moco3.export", str(tmp_path), "--format",
                            "timm"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip() == (f"moco3-export: error: {tmp_path} has no config.yaml, so "
+    assert done.stderr.strip() == (f"python -m moco3.export: error: {tmp_path} has no "
+                                   "config.yaml, so "
                                    "it is not a run folder.")
     assert done.stdout == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,11 +35,21 @@ def run(installed: Path, command: str, *args: str, cwd: Path) -> subprocess.Comp
 
 
 def test_every_command_is_installed_and_answers_help(installed, tmp_path):
+    """Each its own help, naming itself as installed (not `python experiments/...`)."""
+    helps = {}
     for command in COMMANDS:
         done = run(installed, command, "--help", cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr[-2000:])
         assert done.stdout.strip(), command
-    assert "retry_failed=true" in run(installed, "moco3-launch", "--help", cwd=tmp_path).stdout
+        assert "python " not in done.stdout.split("\n\n")[0], (command, done.stdout[:300])
+        helps[command] = done.stdout
+    for command in ("moco3-status", "moco3-report", "moco3-export", "moco3-tensorboard"):
+        assert helps[command].startswith(f"usage: {command} "), helps[command][:200]
+        assert "--runs-root DIR" in helps[command]
+    assert "retry_failed=true" in helps["moco3-launch"]
+    assert "  moco3-launch ablation=patch_proj" in helps["moco3-launch"]
+    assert "  moco3-train model.patch_embed=learned" in helps["moco3-train"]
+    assert "Launch one of" not in helps["moco3-train"]
 
 
 def test_the_installed_commands_work_outside_the_checkout(installed, tmp_path):
@@ -56,4 +67,18 @@ def test_the_installed_commands_work_outside_the_checkout(installed, tmp_path):
                            env={**os.environ, "PYTHONPATH": str(installed)},
                            capture_output=True, text=True, cwd=tmp_path)
     assert str(REPO) not in where.stdout and str(installed) in where.stdout
+    # Its code identity is the commit it was built from, recorded by setuptools-scm.
+    identity = subprocess.run([sys.executable, "-c", "import json; from moco3.code_identity "
+                               "import code_identity; print(json.dumps(code_identity()))"],
+                              env={**os.environ, "PYTHONPATH": str(installed)},
+                              capture_output=True, text=True, cwd=tmp_path)
+    record = json.loads(identity.stdout)
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    if head:
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True).stdout
+        assert record["code_source"] == "build" and head.startswith(record["git_commit"])
+        assert len(record["git_commit"]) >= 7 and record["git_dirty"] == bool(dirty.strip())
+    assert len(record["code_hash"]) == 64
     assert list(tmp_path.iterdir()) == []  # a dry run and status wrote nothing

@@ -263,6 +263,9 @@ def test_the_cluster_profile_is_merged_and_the_command_line_wins(tmp_path, monke
     assert params["time"] == launcher.timeout_min and params["setup"] == ["module load x"]
     cpu = job_parameters({"gpus": 0, "cpus": 1, "timeout_min": 5, "mem_gb": None}, launcher, "j")
     assert (cpu["ntasks_per_node"], cpu["cpus_per_task"], cpu["time"]) == (1, 1, 5)
+    long = job_parameters({"gpus": 0, "cpus": 1, "timeout_min": 10**5, "mem_gb": None},
+                          launcher, "j")
+    assert long["time"] == launcher.timeout_min  # the profile's limit caps a run's own
     assert "gpus_per_node" not in cpu
     with pytest.raises(LaunchError, match="does not split evenly"):
         job_parameters({"gpus": 5, "cpus": None, "timeout_min": None, "mem_gb": None},
@@ -321,6 +324,23 @@ def test_the_dry_run_nodes_column_is_what_the_job_gets(tmp_path):
     assert _files(tmp_path) == []
 
 
+def test_the_worked_cluster_profile_of_the_readme_composes(monkeypatch):
+    """docs/cluster/example-site.yaml, the README's quickstart profile, as
+    $MOCO3_CLUSTER_PROFILE: a paper-scale patch_proj run gets its nodes on that site."""
+    profile = REPO / "docs" / "cluster" / "example-site.yaml"
+    assert str(profile.relative_to(REPO)) in (REPO / "README.md").read_text()
+    monkeypatch.setenv("MOCO3_CLUSTER_PROFILE", str(profile))
+    cfg = _compose(["ablation=patch_proj", "scale=paper", "launcher=slurm"])
+    launcher = resolve_launcher(cfg, ["launcher=slurm"], print)
+    run = expand(cfg, "patch_proj", "paper")[0]
+    params = job_parameters(run.resources, launcher, "moco3-patch_proj")
+    assert (params["partition"], params["account"], params["mem"]) == ("gpu", "ssl-lab",
+                                                                       "480GB")
+    assert (params["nodes"], params["ntasks_per_node"], params["gpus_per_node"]) == (
+        run.resources["gpus"] // 8, 8, 8)
+    assert params["setup"] == ["module load cuda/12.4"] and params["time"] == 2880
+
+
 def test_the_local_pool_bounds_parallelism(tmp_path, monkeypatch):
     marker = tmp_path / "live"
     marker.mkdir()
@@ -358,6 +378,62 @@ def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path):
     assert _files(tmp_path) == []
 
 
+# Every spelling of only= that README.md and --help document, through the real command.
+@pytest.mark.parametrize("only,expected", [
+    ("only=lr=1.5e-4", {"patch_embed=learned,lr=1.5e-4/seed=0",
+                        "patch_embed=frozen,lr=1.5e-4/seed=0"}),
+    ("only=patch_embed=frozen,lr=1.5e-4/seed=0", {"patch_embed=frozen,lr=1.5e-4/seed=0"}),
+    ("only=[lr=1.5e-4,frozen]", {"patch_embed=learned,lr=1.5e-4/seed=0",
+                                 "patch_embed=frozen,lr=1.5e-4/seed=0",
+                                 "patch_embed=frozen,lr=0.5e-4/seed=0",
+                                 "patch_embed=frozen,lr=1.0e-4/seed=0"}),
+    ("only=['patch_embed=learned,lr=0.5e-4']", {"patch_embed=learned,lr=0.5e-4/seed=0"}),
+])
+def test_only_takes_the_documented_spellings(tmp_path, only, expected):
+    done = _cli(["ablation=patch_proj", "launcher=local", "dry_run=true", only], tmp_path)
+    assert done.returncode == 0, done.stderr
+    listed = {line.split()[0] for line in done.stdout.splitlines() if "/seed=" in line}
+    assert listed == expected
+    assert f"{len(expected)} runs; about" in done.stdout
+    assert _files(tmp_path) == []
+
+
+def test_show_prints_the_config_yaml_a_launch_writes_and_writes_nothing(tmp_path, fake):
+    extra = ("model.depth=2", "optim.base_lr=2e-3")
+    assert _debug_launch(tmp_path, "patch_proj", extra) == 0
+    run_id = "patch_embed=frozen,lr=1.5e-4/seed=0"
+    written = (tmp_path / "runs" / "patch_proj" / run_id / "config.yaml").read_text()
+    before = _files(tmp_path)
+    shown = _cli(["ablation=patch_proj", f"runs_root={tmp_path}/runs", *extra,
+                  f"show={run_id}"], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == written
+    # a text found in exactly one run id picks it; the level's value is in the config
+    short = _cli(["ablation=patch_proj", *extra, "show=frozen,lr=1.5e-4"], tmp_path)
+    assert short.stdout == written and "patch_embed: frozen" in written
+    several = _cli(["ablation=patch_proj", "show=frozen"], tmp_path)
+    assert several.returncode == 2 and "show=frozen matches several runs" in several.stderr
+    assert _files(tmp_path) == before
+
+
+def test_train_show_prints_the_config_of_run_name(tmp_path):
+    done = _cli(["model.depth=2", "show=mine"], tmp_path, script=REPO / "experiments" / "train.py")
+    assert done.returncode == 0, done.stderr
+    cfg = OmegaConf.create(done.stdout)
+    assert cfg.meta.run_id == "mine" and cfg.model.depth == 2 and cfg.meta.ablation == "train"
+    assert _files(tmp_path) == []
+
+
+def test_the_only_spellings_in_the_docs_are_the_tested_ones():
+    documented = {"only=lr=1.5e-4", "only=[lr=1.5e-4,seed=0]"}
+    for path in (REPO / "README.md", CONF_DIR / "hydra" / "help" / "launch.yaml"):
+        text = path.read_text()
+        found = {w.strip("`,.;:()") for w in text.split() if w.strip("`(").startswith("only=")}
+        assert found and found <= documented, (path, found)
+    for form in documented:
+        assert hydra_argv([form])[0].startswith("only=['")
+
+
 @pytest.mark.parametrize("args,env,message", [
     (["ablation=nope"], {}, "ablation=nope is not a choice of ablation; valid: batch_size,"),
     (["model.foo=1"], {}, "model.foo is not a config key; valid keys of model: arch,"),
@@ -367,6 +443,7 @@ def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path):
     (["conf_dir=/nonexistent"], {}, "conf_dir /nonexistent is not a directory"),
     (["launcher=local", "resources.gpus=4"], {}, "runs need 4 GPUs each"),
     (["launcher=local", "only=[nope]"], {}, "only=['nope'] matches no run"),
+    (["launcher=local", "only=[a,]"], {}, "an empty item would match every run"),
     (["-m", "ablation=lr,momentum", "dry_run=true"], {}, "-m/--multirun is not supported"),
     (["+foo=1", "dry_run=true"], {}, "unknown top-level key(s) foo"),
     (["~only"], {}, "~only: launch.py does not delete keys"),
@@ -381,13 +458,48 @@ def test_bad_input_gets_one_sentence_and_writes_nothing(tmp_path, args, env, mes
     assert _files(tmp_path) == []
 
 
-def test_every_command_has_a_working_help(tmp_path):
+def test_every_command_has_its_own_help_naming_it_as_invoked(tmp_path):
+    train = REPO / "experiments" / "train.py"
     for script, expected in ((LAUNCH, "retry_failed=true"), (STATUS, "--runs-root"),
                              (REPO / "analysis" / "report.py", "--runs-root"),
-                             (REPO / "experiments" / "train.py", "run_name=NAME")):
+                             (train, "run_name=NAME")):
         done = _cli(["--help"], tmp_path, script=script)
         assert done.returncode == 0 and expected in done.stdout, (script, done.stderr)
+        assert f"python {script}" in done.stdout  # the path as typed, not another command's
+    helps = {script: _cli(["--help"], tmp_path, script=script).stdout for script in (LAUNCH,
+                                                                                   train)}
+    assert "Train one run here" in helps[train] and "Launch one of" not in helps[train]
+    assert "Launch one of" in helps[LAUNCH] and "Train one run here" not in helps[LAUNCH]
+    for module in ("moco3.tensorboard", "moco3.export"):
+        done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.startswith(f"usage: python -m {module} ")
+        assert "--runs-root" in done.stdout
     assert _files(tmp_path) == []
+
+
+def test_every_command_takes_the_runs_root_the_same_way(tmp_path):
+    """`--runs-root DIR` and `runs_root=DIR` mean the same to every command."""
+    missing = tmp_path / "nope"
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    commands = [
+        (STATUS, [], f"no ablations under {missing}"),
+        (REPO / "analysis" / "report.py", [], f"The runs root '{missing}' does not exist"),
+        (REPO / "moco3" / "tensorboard.py", [], f"{missing} is not a folder"),
+        (REPO / "moco3" / "export.py", ["a/seed=0", "--format", "timm"],
+         f"{missing}/a/seed=0 has no config.yaml"),
+    ]
+    for script, args, message in commands:
+        for root in (["--runs-root", str(missing)], [f"runs_root={missing}"]):
+            done = _cli([*args, *root], tmp_path, script=script, timeout=120)
+            assert message in done.stdout + done.stderr, (script, root, done.stderr)
+    for script in (LAUNCH, REPO / "experiments" / "train.py"):
+        for root in (["--runs-root", str(afile)], [f"runs_root={afile}"]):
+            done = _cli(["model.depth=1", *root], tmp_path, script=script)
+            assert done.returncode == 2
+            assert f"runs_root {afile} is a file, not a folder" in done.stderr, done.stderr
+    assert [p.name for p in _files(tmp_path)] == ["afile"]
 
 
 def test_an_unknown_ablation_lists_the_available_ones(tmp_path):

@@ -34,6 +34,8 @@ from moco3.tensorboard import main as convert
 from moco3.train import train
 from runfolder.rows import KEYS, TIMING_KEYS
 
+REPO = Path(__file__).resolve().parents[1]
+
 torch.set_num_threads(1)
 
 LOGGERS = ["tensorboard", "wandb", "csv"]
@@ -346,10 +348,36 @@ def test_unknown_loggers_are_refused_and_missing_packages_named(monkeypatch, tmp
     with pytest.raises(ConfigError, match="train.loggers has 'mlflow'"):
         to_run_config(tiny(**{"train.loggers": ["mlflow"]}))
     for name, module in (("wandb", "wandb"), ("tensorboard", "torch.utils.tensorboard")):
-        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
         cfg = to_run_config(tiny(**{"train.loggers": [name]}))
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
         with pytest.raises(ImportError, match=rf"pip install 'moco3\[{name}\]'"):
             build_loggers(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["wandb", "tensorboard"])
+def test_a_logger_without_its_package_is_refused_at_compose_time(monkeypatch, name):
+    monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    with pytest.raises(ConfigError, match=rf"train.loggers has '{name}', whose package {name} "
+                       rf"is not installed here; pip install 'moco3\[{name}\]'"):
+        to_run_config(tiny(**{"train.loggers": ["csv", name]}))
+
+
+def test_the_launch_refuses_a_logger_without_its_package_and_writes_nothing(tmp_path):
+    """The real command, in an interpreter where wandb cannot be imported."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(blocker), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "launch.py"),
+                           "ablation=predictor", "launcher=local", "train.loggers=[wandb]"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    error = done.stderr.strip()
+    assert error.count("\n") == 0 and "pip install 'moco3[wandb]'" in error, error
+    assert list(work.iterdir()) == []
 
 
 def test_status_lists_no_run_inside_a_run_folder(tmp_path):

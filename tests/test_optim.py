@@ -171,3 +171,67 @@ def test_bad_names_and_no_trainable_params_raise():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         param_groups(model.named_parameters(), 0.1)
+
+
+# -- LAMB against timm.optim.Lamb ---------------------------------------------------------------
+def timm_lamb(groups: list[dict], lr: float, betas: tuple[float, float], weight_decay: float):
+    """timm's Lamb with the arguments that make it moco3's LAMB: no global gradient clipping
+    (timm clips to norm 1 by default), the trust ratio on every tensor (timm skips it where
+    weight decay is 0 unless always_adapt), eps 1e-6, bias correction, coupled decay."""
+    from timm.optim import Lamb
+
+    return Lamb(groups, lr=lr, betas=betas, eps=1e-6, weight_decay=weight_decay,
+                bias_correction=True, grad_averaging=True, max_grad_norm=None,
+                trust_clip=False, always_adapt=True, decoupled_decay=False, foreach=False)
+
+
+def _twin_models(seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(seed)
+    ours = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3)).double()
+    theirs = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3)).double()
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+@pytest.mark.parametrize("exclude_norm_bias", [False, True])
+def test_lamb_equals_timm_lamb_step_for_step(exclude_norm_bias):
+    """20 steps with the loop's schedules (lr and weight decay set per step in each group,
+    a no-decay group when exclude_norm_bias): the weights agree at every step."""
+    ours, theirs = _twin_models()
+    opts = [build_optimizer("lamb", m.named_parameters(), lr=0.0, weight_decay=1e-3,
+                            exclude_norm_bias=exclude_norm_bias) for m in (ours,)]
+    groups = param_groups(theirs.named_parameters(), 1e-3, exclude_norm_bias)
+    opts.append(timm_lamb(groups, lr=0.0, betas=(0.9, 0.999), weight_decay=1e-3))
+    gen = torch.Generator().manual_seed(1)
+    for step in range(20):
+        x = torch.randn(8, 6, dtype=torch.float64, generator=gen)
+        for model, opt in zip((ours, theirs), opts, strict=True):
+            for group in opt.param_groups:
+                group["lr"] = 0.01 * (step + 1) / 20
+                group["weight_decay"] = (1e-3 * (1 + step / 10)) if group["apply_wd"] else 0.0
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_lamb_differs_from_timm_lamb_for_a_tensor_that_skips_steps():
+    """The one difference: moco3 counts Adam's bias-correction steps per tensor, timm per
+    group, so a tensor without a gradient on some steps (unused that step) is corrected
+    differently afterwards. Every trainable tensor of a MoCo step gets a gradient, so the
+    two agree on moco3's runs; moco3 keeps its own (its checkpoints hold per-tensor steps)."""
+    ours, theirs = _twin_models()
+    opts = [LAMB(list(ours.parameters()), lr=0.01, weight_decay=1e-3),
+            timm_lamb(list(theirs.parameters()), lr=0.01, betas=(0.9, 0.999),
+                      weight_decay=1e-3)]
+    x = torch.randn(8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for step in range(3):  # the bias's first update is the third step
+        for model, opt in zip((ours, theirs), opts, strict=True):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            if step < 2:
+                model[2].bias.grad = None  # unused on the first two steps
+            opt.step()
+    assert torch.allclose(ours[0].weight, theirs[0].weight, rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(ours[2].bias, theirs[2].bias, rtol=1e-6, atol=1e-9)
