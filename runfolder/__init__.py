@@ -24,4 +24,5 @@ report can be rebuilt anywhere from copied logs.
     rows         row kinds, their keys, which rows a resume recomputes, JSON encoding
     atomic       whole-file writes that a crash or a full disk can never leave half-done
     instability  the one definition of a gradient spike and of a kNN dip
+    negatives    how many negatives each query sees (the real K of a run)
 """
