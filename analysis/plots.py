@@ -159,7 +159,13 @@ def _draw_negatives(spec: FigureSpec) -> Figure:
                              facecolor="none", linewidth=1.8, zorder=3)
             ax_paper.annotate(f"{pt['value']:.1f} [{pt['tag']}]", (pt["K"], pt["value"]),
                               textcoords="offset points", xytext=(6, 4), fontsize="small")
-    for ax, ks in ((ax_ours, sorted(set(ours[real]))),
+    # Ours at powers of two: real Ks such as 15 (a batch of 16) and 16 (a queue) sit a
+    # hair apart and their own ticks would print over each other.
+    reals = [float(k) for k in ours[real] if k > 0]
+    powers = ([2.0 ** e for e in range(math.floor(math.log2(min(reals))),
+                                       math.ceil(math.log2(max(reals))) + 1)]
+              if reals else [])
+    for ax, ks in ((ax_ours, powers),
                    (ax_paper, sorted(set(paper["K"] if len(paper) else [])))):
         ax.set_xscale("log", base=2)
         if ks:
