@@ -46,8 +46,7 @@ ID_COLUMNS = ["ablation", "run_id"]
 RUN_COLUMNS = [
     "seed", "state", "step", "total_steps", "epoch", "images_seen",
     "knn_top1", "knn_top1_max", "knn_top1_pixels", "linear_top1", "linear_top1_best",
-    "num_knn_dips",
-    "max_knn_dip", "precision", "threads",
+    "num_knn_dips", "max_knn_dip", "precision", "threads", "negatives_per_query",
     "num_spikes_first", "num_spikes_last", "diverged_step", "final_loss", "train_seconds",
     "has_summary", "summary_source", "scale", "config_hash", "cfg.epochs", "cfg.dataset",
     "cfg.arch", "job_id", "error", "phase", "updated", "num_metrics_rows",
@@ -55,7 +54,8 @@ RUN_COLUMNS = [
     "factor_names", "factor_label", "run_dir",
 ]
 _INT_COLUMNS = ["seed", "step", "total_steps", "images_seen", "num_knn_dips",
-                "num_spikes_first", "num_spikes_last", "diverged_step", "num_metrics_rows"]
+                "negatives_per_query", "num_spikes_first", "num_spikes_last", "diverged_step",
+                "num_metrics_rows"]
 _FLOAT_COLUMNS = ["epoch", "knn_top1", "knn_top1_max", "linear_top1", "linear_top1_best",
                   "max_knn_dip",
                   "final_loss", "train_seconds"]

@@ -141,26 +141,39 @@ def _draw_grad(spec: FigureSpec) -> Figure:
 def _draw_negatives(spec: FigureSpec) -> Figure:
     ours, paper, p = spec.frames["ours"], spec.frames["paper"], spec.params
     fig = Figure(figsize=(11.5, 4.2), layout="constrained")
-    ax_ours, ax_paper = fig.subplots(1, 2, sharex=True)
+    ax_ours, ax_paper = fig.subplots(1, 2)
     colors = _palette(p["order"])
+    real = "real_k" if "real_k" in ours.columns else "K"
     for mech in p["order"]:
-        line = ours[ours["mechanism"] == mech].sort_values("K")
+        line = ours[ours["mechanism"] == mech].sort_values(real)
         if not line.empty:
-            ax_ours.errorbar(line["K"], line["mean"], yerr=line["std"].fillna(0.0),
+            ax_ours.errorbar(line[real], line["mean"], yerr=line["std"].fillna(0.0),
                              color=colors[mech], marker="o", capsize=3, lw=1.6)
+            for _, pt in line.iterrows():  # the paper's label beside the real K
+                ax_ours.annotate(f"[{int(pt['K'])}]", (pt[real], pt["mean"]),
+                                 textcoords="offset points", xytext=(4, -10),
+                                 fontsize="x-small", color=colors[mech])
         pts = paper[paper["mechanism"] == mech] if len(paper) else paper
         for _, pt in pts.iterrows():
             ax_paper.scatter(pt["K"], pt["value"], color=colors[mech], s=70, marker="D",
                              facecolor="none", linewidth=1.8, zorder=3)
             ax_paper.annotate(f"{pt['value']:.1f} [{pt['tag']}]", (pt["K"], pt["value"]),
                               textcoords="offset points", xytext=(6, 4), fontsize="small")
-    ks = sorted(set(ours["K"]) | set(paper["K"] if len(paper) else []))
-    for ax in (ax_ours, ax_paper):
+    # Ours at powers of two: real Ks such as 15 (a batch of 16) and 16 (a queue) sit a
+    # hair apart and their own ticks would print over each other.
+    reals = [float(k) for k in ours[real] if k > 0]
+    powers = ([2.0 ** e for e in range(math.floor(math.log2(min(reals))),
+                                       math.ceil(math.log2(max(reals))) + 1)]
+              if reals else [])
+    for ax, ks in ((ax_ours, powers),
+                   (ax_paper, sorted(set(paper["K"] if len(paper) else [])))):
         ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_locator(FixedLocator(ks))
+        if ks:
+            ax.xaxis.set_major_locator(FixedLocator(ks))
+            ax.set_xticks(ks, [f"{int(k)}" for k in ks], rotation=30)
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticklabels([f"{int(k)}" for k in ks], rotation=30)
-        ax.set_xlabel(f"{p['k_name']} (number of negatives, paper-scale label)")
+    ax_ours.set_xlabel("negatives per query, as trained ([the paper's label K])")
+    ax_paper.set_xlabel(f"{p['k_name']} (number of negatives, paper scale)")
     ax_ours.set_ylabel(f"ours: {METRIC_NAMES[p['metric']]} (%)")
     ax_ours.set_title("ours (mean ± std over seeds)")
     ax_paper.set_ylabel("paper: ImageNet linear top-1 (%)")

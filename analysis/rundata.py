@@ -32,6 +32,8 @@ from analysis.reference import normalize_label
 from analysis.summarize import first_layer_group, from_eval_rows
 from runfolder import layout
 from runfolder.atomic import read_json_list
+from runfolder.negatives import NEGATIVES_PER_QUERY
+from runfolder.negatives import from_config as negatives_from_config
 from runfolder.rows import KEYS, decode_value, dedup_key
 from runfolder.states import STATES
 
@@ -40,12 +42,12 @@ RUN_FILES = (layout.CONFIG, layout.STATUS, layout.SUMMARY, layout.METRICS, layou
 KNOWN_KEYS = KEYS
 STATUS_KEYS = {
     "state", "step", "total_steps", "job_id", "host", "started", "updated", "error", "phase",
-    "precision", "threads", "config_sha256", "num_workers",
+    "precision", "threads", "config_sha256", "num_workers", "negatives_per_query",
 }
 SUMMARY_KEYS = {
     "state", "step", "knn_top1", "knn_top1_max", "linear_top1", "num_knn_dips", "max_knn_dip",
     "num_spikes_first", "num_spikes_last", "diverged_step", "final_loss", "train_seconds",
-    "knn_top1_pixels", "precision", "threads",
+    "knn_top1_pixels", "precision", "threads", "negatives_per_query",
 }
 # Also written by moco3 (train.py's and probe.py's summaries); known, not in the runs table.
 SUMMARY_EXTRA_KEYS = {"total_steps", "spikes_by_group", "config_hash", "linear_top1_last",
@@ -483,9 +485,12 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
         if value is None and derived.get(key) is not None:
             values[key] = derived[key]
             filled.append(key)
-    for key in ("precision", "threads"):  # the job writes both when it starts
+    for key in ("precision", "threads", NEGATIVES_PER_QUERY):  # written when the job starts
         if values.get(key) is None:
             values[key] = _get(status, key)
+    if values.get(NEGATIVES_PER_QUERY) is None and config is not None:
+        # A run folder from before the field: the same rule, from its config.yaml.
+        values[NEGATIVES_PER_QUERY] = negatives_from_config(config)
     if values.get("diverged_step") is None and state == "diverged":
         values["diverged_step"] = record["step"]
     # The primary linear top-1 is the probe's final epoch: the best epoch is selected on the

@@ -147,6 +147,7 @@ def ablation_table(runs: pd.DataFrame, ablation: str, metric: str | None = None
         for text, n, steps in zip(stats["states"], stats["n_diverged"], stats["diverged_steps"],
                                   strict=True)
     ]
+    stats["negatives_per_query"] = real_k(runs, keys)
     frame = stats.reset_index()
     if not factors:
         frame = frame.drop(columns=["run"])
@@ -166,6 +167,16 @@ def ablation_table(runs: pd.DataFrame, ablation: str, metric: str | None = None
                           setting=ref.setting if ref else None)
     table.notes = _notes(table, runs, ref.remark if ref else "")
     return table
+
+
+def real_k(runs: pd.DataFrame, keys: list[pd.Series]) -> pd.Series:
+    """The negatives each query saw, per level (the real K, beside the paper's label): the
+    value its runs recorded, or their values joined by "/" where seeds differ."""
+    if "negatives_per_query" not in runs.columns:
+        return pd.Series("", index=runs.groupby(keys, sort=False, dropna=False).size().index)
+    values = pd.to_numeric(runs["negatives_per_query"], errors="coerce")
+    return values.groupby(keys, sort=False, dropna=False).agg(
+        lambda s: "/".join(str(int(v)) for v in sorted(set(s.dropna()))))
 
 
 def _add_ranks(frame: pd.DataFrame, metric: str) -> None:
@@ -253,6 +264,7 @@ def display_frame(table: AblationTable) -> pd.DataFrame:
     out = pd.DataFrame({name: frame[name].astype(str) for name in table.factors})
     if not table.factors:
         out["run"] = ["baseline"] * len(frame)
+    _insert_real_k(out, frame)
     out["linear top-1"] = [_accuracy_cell(r, "linear") for _, r in frame.iterrows()]
     out["kNN top-1"] = [_accuracy_cell(r, "knn") for _, r in frame.iterrows()]
     out["n"] = frame[f"{short}_n"].astype(int).astype(str)
@@ -277,6 +289,17 @@ def display_frame(table: AblationTable) -> pd.DataFrame:
     return out
 
 
+def _insert_real_k(out: pd.DataFrame, frame: pd.DataFrame) -> None:
+    """A study whose levels differ in the negatives each query sees shows that number
+    beside the labels (the labels are the paper's K or batch; this is what the runs had)."""
+    if "negatives_per_query" not in frame.columns:
+        return
+    values = frame["negatives_per_query"].fillna("").astype(str)
+    if values.replace("", pd.NA).dropna().nunique() > 1:
+        out[REAL_K] = values.replace("", "—")
+
+
+REAL_K = "negatives per query (ours)"
 _TEXT_COLUMNS = ("run", "runs", "paper kNN curve")
 
 

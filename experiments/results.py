@@ -1,16 +1,17 @@
 """Regenerate the committed results pages: run studies at a scale, then their report.
 
-    python experiments/results.py                        # patch_proj and negatives at mini
-    python experiments/results.py --studies patch_proj negatives momentum batch_size
+    python experiments/results.py            # the four studies + the stability ladder, mini
+    python experiments/results.py --studies patch_proj negatives --seeds 3
     python experiments/results.py --scale mini --runs-root runs-results --out docs/results/mini
 
-Each study is `launch.py ablation=<study> scale=<scale> launcher=local` (the scale's own
-seeds, 3 at mini) into one runs root; a study that stopped resumes where it stopped (the
-launcher skips finished runs and resumes the others). Then `report.py` writes the tables,
-figures and verdicts into the results folder, and RUN.md beside them records what produced
-them: the exact commands, the CPU (model, instruction-set kind, cores), the precision `auto`
-chose, the commit, and each study's wall time (of this invocation; a resumed study's time
-is the sum over invocations, also recorded). Not part of CI: it takes hours.
+Each study is `launch.py ablation=<study> scale=<scale> launcher=local seeds=[0..N-1]`
+(`--seeds N`, 5 by default; the stability ladder, a search rather than a comparison, takes
+`--ladder-seeds`, 2 by default) into one runs root; a study that stopped resumes where it
+stopped (the launcher skips finished runs and resumes the others). Then `report.py` writes
+the tables, figures and verdicts into the results folder, and RUN.md beside them records
+what produced them: the exact commands, the CPU (model, instruction-set kind, cores), the
+precision `auto` chose, the commit, and each study's wall time (of this invocation; a
+resumed study's time is the sum over invocations, also recorded). Not part of CI: it takes hours.
 
 One code state per page: it refuses to start from a checkout with uncommitted changes, and
 to write the page when the runs come from several commits or from a dirty tree (a verdict
@@ -36,6 +37,8 @@ from runfolder.layout import ENV
 
 REPO = Path(__file__).resolve().parents[1]
 TIMES = "study_times.json"  # in the runs root: wall seconds per study, over invocations
+STUDIES = ["patch_proj", "negatives", "momentum", "batch_size", "stability_ladder"]
+LADDERS = {"stability_ladder"}  # searches: fewer seeds (--ladder-seeds)
 
 
 def cpu_description() -> str:
@@ -104,7 +107,10 @@ def run_study(study: str, scale: str, runs_root: Path, extra: list[str]) -> tupl
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", default="mini")
-    p.add_argument("--studies", nargs="+", default=["patch_proj", "negatives"])
+    p.add_argument("--studies", nargs="+", default=STUDIES)
+    p.add_argument("--seeds", type=int, default=5, help="seeds per level (0 .. N-1)")
+    p.add_argument("--ladder-seeds", type=int, default=2,
+                   help=f"seeds per level of {', '.join(sorted(LADDERS))}")
     p.add_argument("--runs-root", default="runs-results")
     p.add_argument("--out", default=None, help="default: docs/results/<scale>")
     p.add_argument("--allow-mixed-code", metavar="REASON", default=None,
@@ -128,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     times_path = runs_root / TIMES
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     commands = []
+    if min(args.seeds, args.ladder_seeds) < 1:
+        p.error("--seeds and --ladder-seeds must be at least 1")
     for study in args.studies:
-        command, seconds, code = run_study(study, args.scale, runs_root, args.extra)
+        seeds = args.ladder_seeds if study in LADDERS else args.seeds
+        extra = [f"seeds=[{','.join(map(str, range(seeds)))}]", *args.extra]
+        command, seconds, code = run_study(study, args.scale, runs_root, extra)
         times.setdefault(study, []).append(round(seconds, 1))
         write_text(times_path, json.dumps(times, indent=1))
         commands.append(("python experiments/launch.py " + shlex.join(command[2:])

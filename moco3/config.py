@@ -23,6 +23,9 @@ from moco3.archs import ARCHS, PATCH_EMBEDS, POOLINGS, POS_EMBEDS, inapplicable_
 # Every choice list of a run lives here, once; the modules that implement them import it.
 MECHANISMS = ("in_batch", "queue", "memory_bank", "end_to_end")
 MOMENTUM_SCHEDULES = ("cosine", "constant")
+# How the memory bank draws its K negatives per step: "distinct" K different rows, never a
+# row of the step's own images (a small-N correction); "with_replacement" as Wu et al.
+BANK_SAMPLINGS = ("distinct", "with_replacement")
 DATASETS = ("synthetic", "textures", "digits", "cifar10", "cifar100", "stl10", "imagefolder",
             "imagenet100")
 OPTIMIZERS = ("adamw", "lars", "lamb")
@@ -38,6 +41,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.pooling": POOLINGS,
     "moco.negatives": MECHANISMS,
     "moco.momentum_schedule": MOMENTUM_SCHEDULES,
+    "moco.bank_sampling": BANK_SAMPLINGS,
     "data.name": DATASETS,
     "optim.name": OPTIMIZERS,
     "train.precision": PRECISIONS,
@@ -80,6 +84,9 @@ class MocoConfig:
     momentum_schedule: str = "cosine"
     queue_size: int = 65536  # K for queue and memory_bank
     bank_momentum: float = 0.5  # memory-bank feature momentum (Wu et al. 2018)
+    # Divergence (small-N correction): K distinct rows, none of the batch's own; Wu et al.'s
+    # code draws with replacement and may draw the positive: "with_replacement".
+    bank_sampling: str = "distinct"
 
 
 @dataclass
@@ -279,11 +286,20 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_batch_fits(cfg: DictConfig, train_images: int) -> None:
-    """A global batch larger than the training set gives no step at all."""
+    """A global batch larger than the training set gives no step at all; a memory bank that
+    draws K distinct rows outside the batch needs K + batch rows."""
     if cfg.train.batch_size > train_images:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is larger than the training set of "
             f"data={cfg.data.name} ({train_images} images); lower it or use more data."
+        )
+    if (cfg.moco.negatives == "memory_bank" and cfg.moco.bank_sampling == "distinct"
+            and cfg.moco.queue_size > train_images - cfg.train.batch_size):
+        raise ConfigError(
+            f"moco.queue_size={cfg.moco.queue_size} distinct memory-bank negatives do not fit "
+            f"in the {train_images - cfg.train.batch_size} rows of data={cfg.data.name} "
+            f"outside a batch of {cfg.train.batch_size}; lower K, use more data, or set "
+            "moco.bank_sampling=with_replacement."
         )
 
 

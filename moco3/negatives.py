@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moco3.config import MECHANISMS
+from moco3.config import BANK_SAMPLINGS, MECHANISMS
 from moco3.dist import concat_all_gather, gather_with_grad, get_rank
 from moco3.loss import infonce, infonce_with_negatives
 
@@ -123,13 +123,21 @@ class MemoryBankNegatives(Negatives):
     rows, bank[i] <- normalize(m * bank[i] + (1 - m) * k_i), in update(). The `k` given to
     loss() is not used (the positive comes from the bank); update() takes the base
     encoder's keys of the batch.
+
+    sampling "distinct" (default): K different rows, none of them a row of this batch's
+    images, so every query sees K distinct negatives and never its own positive.
+    Divergence (a small-N correction): Wu et al.'s code draws with replacement and never
+    excludes the positive ("with_replacement" restores it). At 1.28M images that hardly
+    matters; with K = 2048 drawn from 2,000 rows, 64 % of queries would meet their own
+    positive among their negatives and a third of the draws would be repeats.
     """
 
     needs_momentum_encoder = False
     bank: torch.Tensor
 
     def __init__(self, dim: int, tau: float, scale_by_2tau: bool, num_negatives: int,
-                 num_samples: int, bank_momentum: float) -> None:
+                 num_samples: int, bank_momentum: float,
+                 sampling: str = "distinct") -> None:
         super().__init__(tau, scale_by_2tau)
         if num_samples < 1:
             raise ValueError("memory_bank needs num_samples = the size of the training set "
@@ -138,8 +146,12 @@ class MemoryBankNegatives(Negatives):
             raise ValueError(f"memory_bank needs queue_size (K) >= 1, got {num_negatives}")
         if not 0.0 <= bank_momentum <= 1.0:
             raise ValueError(f"bank_momentum must be in [0, 1], got {bank_momentum}")
+        if sampling not in BANK_SAMPLINGS:
+            raise ValueError(f"unknown memory-bank sampling {sampling!r}; valid: "
+                             f"{', '.join(BANK_SAMPLINGS)}")
         self.num_negatives = num_negatives
         self.bank_momentum = bank_momentum
+        self.sampling = sampling
         # Choice: rows start as random unit vectors (Wu et al. start from small uniform
         # noise, not normalised); every row is unit-norm from the first step on.
         self.register_buffer("bank", F.normalize(torch.randn(num_samples, dim), dim=1))
@@ -147,12 +159,27 @@ class MemoryBankNegatives(Negatives):
     def loss(self, q: torch.Tensor, k: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         # Choice: one set of K negatives per call, shared by the mini-batch ("the dictionary
         # for each mini-batch is randomly sampled from the memory bank", MoCo v1); Wu et al.
-        # draw K per sample, which costs N*K*D memory. Sampling is with replacement and may
-        # hit a positive, as in Wu et al.
-        sampled = torch.randint(self.bank.shape[0], (self.num_negatives,),
-                                device=self.bank.device)
+        # draw K per sample, which costs N*K*D memory.
+        sampled = self.sample(index.to(self.bank.device))
         return infonce_with_negatives(q, self.bank[index], self.bank[sampled], self.tau,
                                       scale_by_2tau=self.scale_by_2tau)
+
+    def sample(self, index: torch.Tensor) -> torch.Tensor:
+        """(K,) bank rows to use as negatives for the queries of images `index` (N,)."""
+        rows, k = self.bank.shape[0], self.num_negatives
+        if self.sampling == "with_replacement":
+            return torch.randint(rows, (k,), device=self.bank.device)
+        # A shared set cannot hold a query's own row, so it holds no row of the batch: with
+        # one set per step this is the only way no query meets its positive.
+        own = torch.zeros(rows, dtype=torch.bool, device=self.bank.device)
+        own[index] = True
+        if k > rows - int(own.sum()):
+            raise ValueError(
+                f"memory_bank cannot draw K={k} distinct negatives from the "
+                f"{rows - int(own.sum())} rows outside the batch; lower K (moco.queue_size) "
+                "or set moco.bank_sampling=with_replacement")
+        order = torch.randperm(rows, device=self.bank.device)
+        return order[~own[order]][:k]
 
     @torch.no_grad()
     def update(self, keys: list[torch.Tensor], index: torch.Tensor) -> None:
@@ -179,9 +206,11 @@ def build_negatives(
     queue_size: int = 65536,
     num_samples: int = 0,
     bank_momentum: float = 0.5,
+    bank_sampling: str = "distinct",
 ) -> Negatives:
     """One of MECHANISMS. queue_size is K, the number of negatives, for queue and
-    memory_bank; num_samples is the training-set size (memory_bank only)."""
+    memory_bank; num_samples is the training-set size and bank_sampling one of
+    BANK_SAMPLINGS (memory_bank only)."""
     if mechanism == "in_batch":
         return InBatchNegatives(tau, scale_by_2tau)
     if mechanism == "end_to_end":
@@ -190,5 +219,5 @@ def build_negatives(
         return QueueNegatives(dim, tau, scale_by_2tau, queue_size)
     if mechanism == "memory_bank":
         return MemoryBankNegatives(dim, tau, scale_by_2tau, queue_size, num_samples,
-                                   bank_momentum)
+                                   bank_momentum, bank_sampling)
     raise ValueError(f"unknown negatives mechanism {mechanism!r}; valid: {', '.join(MECHANISMS)}")

@@ -46,6 +46,7 @@ from moco3.runlog import RunLog
 from moco3.schedules import lr_at, momentum_at, scaled_lr, wd_at
 from moco3.step import MocoStep
 from moco3.workers import resolve_num_workers
+from runfolder.negatives import negatives_per_query
 
 GROUPS = ("patch_embed", "first_block", "last_block", "heads")
 VIT_KEYS = ("img_size", "patch_size", "depth", "embed_dim", "num_heads", "patch_embed",
@@ -182,7 +183,12 @@ class Trainer:
             cfg.moco.negatives, dim=cfg.model.dim, tau=cfg.moco.tau,
             scale_by_2tau=cfg.moco.scale_by_2tau, queue_size=cfg.moco.queue_size,
             num_samples=len(self.train_set), bank_momentum=cfg.moco.bank_momentum,
+            bank_sampling=cfg.moco.bank_sampling,
         ).to(self.device)
+        # The real K: what each query's logits hold besides its positive (the paper's label
+        # names K at the paper's scale; the report plots this number).
+        self.negatives_per_query = negatives_per_query(
+            cfg.moco.negatives, cfg.train.batch_size, cfg.moco.queue_size)
         self.peak_lr = scaled_lr(cfg.optim.base_lr, cfg.train.batch_size)
         self.optimizer = build_optimizer(
             cfg.optim.name, self.model.named_parameters(), lr=self.peak_lr,
@@ -230,7 +236,7 @@ class Trainer:
         self.runlog.set_state("running", step=self.step, total_steps=self.total_steps,
                               precision=self.precision, threads=self.threads,
                               num_workers=self.num_workers, error=None,
-                              phase="pretrain")
+                              phase="pretrain", negatives_per_query=self.negatives_per_query)
         if self.step == 0 and self.cfg.train.knn_every:
             self.run_knn()  # the curve starts at initialisation: the baseline of "it learns"
         flag = PreemptionFlag().install()
@@ -569,6 +575,7 @@ class Trainer:
             "final_loss": last.get("loss"), "train_seconds": self.timer.total,
             "config_hash": self.hash, "precision": self.precision, "threads": self.threads,
             "num_workers": self.num_workers,
+            "negatives_per_query": self.negatives_per_query,
         }
 
 

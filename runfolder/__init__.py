@@ -29,4 +29,5 @@ report can be rebuilt anywhere from copied logs.
     instability  the one definition of a gradient spike and of a kNN dip
     study        study.json: the findings a study declares, checked, and their cost
     cli          the command-line conventions: the runs root, key=value pairs, the name
+    negatives    how many negatives each query sees (the real K of a run)
 """

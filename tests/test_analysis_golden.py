@@ -456,3 +456,33 @@ def test_analysis_never_imports_torch_or_moco3():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_negatives_report_compares_the_real_k_with_the_label_beside_it(tmp_path):
+    """The K a run trained (summary.json's negatives_per_query, or the same rule applied to
+    config.yaml for a folder written before the field) goes into the table and the figure;
+    the paper's label stays the level's name."""
+    from analysis.figuredata import prepare_negatives
+
+    for seed in (0, 1):
+        write_run(tmp_path, "negatives", {"mechanism": "queue", "K": "4096"}, seed,
+                  knn=[10.0, 20.0], summary={"knn_top1": 20.0 + seed,
+                                             "negatives_per_query": 256})
+        write_run(tmp_path, "negatives", {"mechanism": "in_batch", "K": "4096"}, seed,
+                  knn=[10.0, 30.0], summary={"knn_top1": 30.0 + seed})
+    for seed in (0, 1):  # an older folder: no field; its config.yaml holds the batch
+        path = tmp_path / "negatives" / "mechanism=in_batch,K=4096" / f"seed={seed}"
+        config = yaml.safe_load((path / "config.yaml").read_text())
+        config["moco"] = {"negatives": "in_batch", "queue_size": 65536}
+        config["train"]["batch_size"] = 256
+        (path / "config.yaml").write_text(yaml.safe_dump(config))
+    runs = collect(tmp_path).runs
+    assert sorted(runs["negatives_per_query"].tolist()) == [255, 255, 256, 256]
+    table = tables.ablation_table(runs, "negatives", "knn_top1")
+    shown = tables.display_frame(table)
+    assert dict(zip(shown["mechanism"], shown[tables.REAL_K], strict=True)) == {
+        "queue": "256", "in_batch": "255"}
+    spec = prepare_negatives("negatives_negatives", runs, table.factors, "knn_top1", "t", "c")
+    ours = spec.frames["ours"].set_index("mechanism")
+    assert ours.loc["queue", "real_k"] == 256 and ours.loc["queue", "K"] == 4096
+    assert ours.loc["in_batch", "real_k"] == 255

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -17,12 +18,15 @@ from experiments.grid import GridError, at_scale, expand, make_run_id, sanitize
 from experiments.launch import CONF_DIR
 from experiments.schema import SCALES, register
 from moco3.recipes import r50_recipe
+from moco3.schedules import momentum_at
+from runfolder.negatives import negatives_per_query
 
 register()
 
 EXPECTED_RUNS = {
     "none": 1, "batch_size": 4, "patch_proj": 6, "lr": 3, "optimizer": 4, "momentum": 4,
     "negatives": 19, "pos_embed": 3, "cls_token": 3, "head_bn": 2, "predictor": 2,
+    "stability_ladder": 10,
 }
 # The mini scale runs 3 seeds of every level; patch_proj adds a stress lr, negatives keeps
 # three K per mechanism (two for end-to-end).
@@ -111,15 +115,100 @@ def test_the_mini_scale_is_tinys_model_trained_longer_with_three_seeds():
     tiny, mini = _runs("none")[0].config, _runs("none", "mini")
     assert [r.seed for r in mini] == [0, 1, 2]
     mini = mini[0].config
-    assert mini.model == tiny.model
+    # A square patch projection (3 x 4 x 4 = 48 -> 48), otherwise tiny's model.
+    m = mini.model
+    assert 3 * m.patch_size ** 2 <= m.embed_dim == 48 and m.patch_size == 4
+    assert {k: v for k, v in mini.model.items() if k not in ("patch_size", "embed_dim")} == {
+        k: v for k, v in tiny.model.items() if k not in ("patch_size", "embed_dim")}
     # A larger evaluation set (seed-to-seed differences of a point or two need it).
     assert {**mini.data, "num_val": 500} == {**tiny.data}
     assert (mini.data.num_val, mini.train.knn_queries) == (2000, 2000)
     assert (mini.train.epochs, tiny.train.epochs) == (20, 10)
     negatives = _runs("negatives", "mini")
-    assert {r.config.train.epochs for r in negatives} == {10}
     assert sorted({r.factors["K"] for r in negatives if r.factors["mechanism"] == "queue"},
                   key=int) == ["256", "4096", "65536"]
+
+
+# Training images per data set where the config does not count them (generated data sets
+# have data.num_train).
+_TRAIN_IMAGES = {"cifar10": 50000, "cifar100": 50000, "stl10": 5000, "imagefolder": 1281167,
+                 "imagenet100": 126689}
+
+
+def _train_images(cfg) -> int:
+    return (cfg.data.num_train if cfg.data.name in ("synthetic", "textures")
+            else _TRAIN_IMAGES[cfg.data.name])
+
+
+def _steps(cfg) -> int:
+    return cfg.train.epochs * (_train_images(cfg) // cfg.train.batch_size)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_a_queue_or_bank_k_is_at_most_a_quarter_of_the_training_images(ablation, scale):
+    """Larger, a queue holds stale keys of the query's own image and a bank's draws crowd
+    the rows of the batch: K would no longer be the mechanism's K."""
+    for r in _runs(ablation, scale, ("seeds=[0]",)):
+        c = r.config
+        if c.moco.negatives in ("queue", "memory_bank"):
+            assert 4 * c.moco.queue_size <= _train_images(c), (r.run_id, c.moco.queue_size)
+
+
+def _negatives_per_query(run) -> int:
+    return negatives_per_query(run.config.moco.negatives, run.config.train.batch_size,
+                               run.config.moco.queue_size)
+
+
+def test_negatives_at_mini_vary_one_thing_per_comparison():
+    runs = _runs("negatives", "mini", ("seeds=[0]",))
+    by = {(r.factors["mechanism"], r.factors["K"]): r.config for r in runs}
+    real = {(r.factors["mechanism"], r.factors["K"]): _negatives_per_query(r) for r in runs}
+    # The real K: labels / 16; the batch mechanisms see the batch - 1.
+    assert real[("queue", "65536")] == real[("memory_bank", "65536")] == 4096
+    assert [real[("in_batch", k)] for k in ("256", "1024", "4096")] == [15, 63, 255]
+    assert [real[("end_to_end", k)] for k in ("256", "1024")] == [15, 63]
+    stored = [c for (m, _), c in by.items() if m in ("queue", "memory_bank")]
+    for key in ("train.batch_size", "train.epochs", "optim.base_lr", "train.knn_every",
+                "optim.warmup_epochs", "data.num_train"):
+        assert len({OmegaConf.select(c, key) for c in stored}) == 1, key
+    for (mechanism, _), c in by.items():
+        warmup = round(c.optim.warmup_epochs * (_train_images(c) // c.train.batch_size))
+        assert (_steps(c) >= 300 and c.train.knn_every == 32 and warmup == 32), mechanism
+
+
+def test_momentum_at_mini_moves_its_slowest_level():
+    """The momentum encoder of m = 0.999 (0.990 at mini, cosine to 1) keeps at most 5 % of
+    its initial weights by the end of the run: it has moved."""
+    runs = {r.factors["momentum"]: r.config for r in _runs("momentum", "mini", ("seeds=[0]",))}
+    assert [runs[k].moco.m0 for k in ("0", "0.9", "0.99", "0.999")] == pytest.approx(
+        [0.0, 0.9 ** 10, 0.99 ** 10, 0.999 ** 10], abs=2e-3)
+    c = runs["0.999"]
+    total = _steps(c)
+    kept = math.prod(momentum_at(t, total, c.moco.m0) for t in range(total))
+    assert kept <= 0.05
+
+
+def test_batch_size_at_mini_gives_the_largest_batch_steps_and_one_cadence_in_images():
+    runs = [r.config for r in _runs("batch_size", "mini", ("seeds=[0]",))]
+    assert [c.train.batch_size for c in runs] == [64, 128, 256, 384]
+    assert min(_steps(c) for c in runs) >= 300
+    assert {c.train.knn_every * c.train.batch_size for c in runs} == {3072}
+    assert len({c.train.epochs for c in runs}) == len({c.optim.base_lr for c in runs}) == 1
+
+
+def test_stability_ladder_climbs_lr_and_batch_past_the_papers_range():
+    runs = [r.config for r in _runs("stability_ladder", "mini", ("seeds=[0]",))]
+    assert {c.model.patch_embed for c in runs} == {"learned"}
+    assert {c.train.knn_every for c in runs} == {5}
+    at_128 = sorted(c.optim.base_lr for c in runs if c.train.batch_size == 128)
+    past = [lr for lr in at_128 if lr > 1.5e-3]  # the paper's top at mini
+    assert len(past) >= 6
+    assert all(b / a == pytest.approx(2.0) for a, b in zip(past, past[1:], strict=False))
+    batches = sorted(c.train.batch_size for c in runs if c.train.batch_size > 128)
+    assert batches == [256, 384, 512]
+    assert all(_steps(c) >= 250 for c in runs)
+    assert all(c.train.batch_size * 32 <= _train_images(c) for c in runs)
 
 
 def test_paper_scale_is_the_papers_recipe():

@@ -151,8 +151,57 @@ def test_memory_bank_loss_positive_is_the_bank_row_and_negatives_are_sampled():
     torch.manual_seed(123)
     loss = neg.loss(q, torch.zeros(3, 4), index)
     torch.manual_seed(123)
-    sampled = torch.randint(20, (6,))
+    sampled = neg.sample(index)
     expected = infonce_with_negatives(q, neg.bank[index], neg.bank[sampled], 0.1)
     torch.testing.assert_close(loss, expected)
     loss.backward()
     assert q.grad is not None and neg.bank.grad is None
+
+
+def test_memory_bank_distinct_draws_k_different_rows_and_never_a_positive():
+    # K = 8 of 12 rows with a batch of 4: every row outside the batch is drawn, none of the
+    # batch's rows; over many steps no draw repeats a row or meets a positive.
+    neg = build_negatives("memory_bank", dim=3, tau=0.2, queue_size=8, num_samples=12)
+    assert neg.sampling == "distinct"
+    torch.manual_seed(0)
+    for step in range(50):
+        index = torch.randperm(12)[:4]
+        sampled = neg.sample(index)
+        assert sampled.shape == (8,)
+        assert len(set(sampled.tolist())) == 8, f"step {step}: repeated rows {sampled}"
+        assert not set(sampled.tolist()) & set(index.tolist())
+    assert set(neg.sample(torch.arange(4)).tolist()) == set(range(4, 12))
+
+
+def test_memory_bank_distinct_refuses_more_negatives_than_rows_outside_the_batch():
+    neg = build_negatives("memory_bank", dim=3, tau=0.2, queue_size=9, num_samples=12)
+    with pytest.raises(ValueError, match="K=9 distinct negatives from the 8 rows"):
+        neg.sample(torch.arange(4))
+
+
+def test_memory_bank_with_replacement_is_wu_et_al():
+    # The original: uniform draws with replacement, which repeat rows and hit positives
+    # when K is near the number of rows.
+    neg = build_negatives("memory_bank", dim=3, tau=0.2, queue_size=64, num_samples=12,
+                          bank_sampling="with_replacement")
+    torch.manual_seed(1)
+    index = torch.arange(4)
+    sampled = neg.sample(index)
+    torch.manual_seed(1)
+    assert torch.equal(sampled, torch.randint(12, (64,)))
+    assert len(set(sampled.tolist())) < 64 and set(sampled.tolist()) & set(index.tolist())
+    with pytest.raises(ValueError, match="valid: distinct, with_replacement"):
+        build_negatives("memory_bank", dim=3, tau=0.2, queue_size=4, num_samples=12,
+                        bank_sampling="sometimes")
+
+
+def test_a_bank_too_small_for_k_distinct_rows_is_refused_at_compose_time():
+    from moco3.config import ConfigError, to_run_config
+
+    cfg = {"moco": {"negatives": "memory_bank", "queue_size": 2000},
+           "data": {"name": "textures", "num_train": 2000}, "train": {"batch_size": 128}}
+    with pytest.raises(ConfigError, match="moco.queue_size=2000 distinct memory-bank "
+                                          "negatives do not fit in the 1872 rows"):
+        to_run_config(cfg)
+    cfg["moco"]["bank_sampling"] = "with_replacement"  # Wu et al.'s draws need no room
+    assert to_run_config(cfg).moco.queue_size == 2000

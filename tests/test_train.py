@@ -91,6 +91,8 @@ def test_run_folder_contract(reference: Path) -> None:
     summary = json.loads((reference / "summary.json").read_text())
     assert summary["state"] == "done" and summary["step"] == 16
     assert 0 <= summary["knn_top1"] <= 100
+    # The real K: the other 31 keys of the batch of 32, in both records.
+    assert summary["negatives_per_query"] == status["negatives_per_query"] == 31
     kinds = [json.loads(x)["kind"] for x in (reference / "metrics.jsonl").read_text().splitlines()]
     assert kinds.count("train") == 8 and kinds.count("knn") == 5  # at init and every 4 steps
     train_row = next(r for r in rows(reference).values() if r["kind"] == "train")
@@ -139,6 +141,18 @@ def test_corrupt_last_falls_back_to_milestone(reference: Path, tmp_path: Path, c
     assert "unreadable" in capsys.readouterr().out
     # Resumed from the epoch-1 milestone (step 8), the run still ends bit-identical.
     assert_bitwise_equal(weights(reference), weights(tmp_path))
+
+
+def test_a_memory_bank_run_records_its_k_and_trains_with_either_sampling(tmp_path: Path
+                                                                         ) -> None:
+    for sampling in ("distinct", "with_replacement"):
+        run = tmp_path / sampling
+        cfg = tiny(**{"moco.negatives": "memory_bank", "moco.queue_size": 64,
+                      "moco.bank_sampling": sampling, "train.epochs": 1, "train.knn_every": 0,
+                      "probe.enabled": False})
+        assert train(cfg, run) == "done"
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["negatives_per_query"] == 64 and summary["step"] == 8
 
 
 def test_non_finite_loss_is_a_result(tmp_path: Path, monkeypatch) -> None:
