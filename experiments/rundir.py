@@ -11,13 +11,12 @@ plus the lock that keeps two launches of one ablation from both submitting.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from moco3.code_identity import code_identity, same_commit
 from moco3.config import changed_keys
 from runfolder import layout
 from runfolder.atomic import read_json, read_json_list, write_json, write_text
-from runfolder.joblock import holder
+from runfolder.joblock import exclusive, holder
 from runfolder.states import RESULTS
 
 MANIFEST = layout.MANIFEST
@@ -225,26 +224,9 @@ def manifest_row(run: PlannedRun, ablation: str, previous: dict[str, Any] | None
     }
 
 
-@contextmanager
-def launch_lock(directory: Path, ablation: str) -> Iterator[None]:
+def launch_lock(directory: Path, ablation: str) -> AbstractContextManager[None]:
     """Hold <directory>/.launch.lock; a second launch of the ablation is refused meanwhile."""
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise LaunchError(
-                f"another launch of ablation {ablation} is submitting ({holder} holds {path}); "
-                "wait for it to finish, then launch again."
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return exclusive(path, lambda holder: LaunchError(
+        f"another launch of ablation {ablation} is submitting ({holder} holds {path}); wait "
+        "for it to finish, then launch again."))

@@ -11,8 +11,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -33,11 +33,12 @@ def _holder_text(handle: IO[str]) -> str:
 
 
 @contextmanager
-def hold(run_dir: str | Path, wait_s: float = 2.0) -> Iterator[None]:
-    """Hold the run folder's lock for the block; RunFolderBusy (naming the holder's pid)
-    when a live job holds it. `wait_s`: how long to retry first, since a status probe
-    (`holder`) takes the lock in shared mode for an instant."""
-    path = lock_path(run_dir)
+def exclusive(path: Path, busy: Callable[[str], Exception], wait_s: float = 0.0,
+              unsupported: Callable[[OSError], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive flock on `path` for the block, with "pid N on host H" written in it.
+    When another process holds it (still, after retrying for `wait_s`), raise busy(its
+    holder's text). On a file system that refuses locks, the OSError propagates, or, given
+    `unsupported`, that is called and the block runs unguarded."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         deadline = time.monotonic() + wait_s
@@ -47,14 +48,12 @@ def hold(run_dir: str | Path, wait_s: float = 2.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise RunFolderBusy(
-                        f"{run_dir} is already being trained by {_holder_text(handle)}, which "
-                        f"holds {path}; wait for that job to end (or stop it) before starting "
-                        "another.") from None
+                    raise busy(_holder_text(handle)) from None
                 time.sleep(0.1)
-            except OSError as err:  # a file system without locks (e.g. Lustre -o noflock)
-                print(f"warning: {path}: the file system refuses locks ({err.strerror}); "
-                      "this job runs without the one-writer guard.", file=sys.stderr)
+            except OSError as err:
+                if unsupported is None:
+                    raise
+                unsupported(err)
                 yield
                 return
         handle.seek(0)
@@ -65,6 +64,24 @@ def hold(run_dir: str | Path, wait_s: float = 2.0) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def hold(run_dir: str | Path, wait_s: float = 2.0) -> AbstractContextManager[None]:
+    """Hold the run folder's lock for the block; RunFolderBusy (naming the holder's pid)
+    when a live job holds it. `wait_s`: how long to retry first, since a status probe
+    (`holder`) takes the lock in shared mode for an instant."""
+    path = lock_path(run_dir)
+
+    def busy(holder: str) -> RunFolderBusy:
+        return RunFolderBusy(f"{run_dir} is already being trained by {holder}, which holds "
+                             f"{path}; wait for that job to end (or stop it) before starting "
+                             "another.")
+
+    def unsupported(err: OSError) -> None:  # a file system without locks (Lustre -o noflock)
+        print(f"warning: {path}: the file system refuses locks ({err.strerror}); this job "
+              "runs without the one-writer guard.", file=sys.stderr)
+
+    return exclusive(path, busy, wait_s, unsupported)
 
 
 def holder(run_dir: str | Path) -> str | None:
