@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import test_train
 import torch
 import torch.multiprocessing as mp
 
@@ -37,26 +38,10 @@ def _free_port() -> int:
 
 
 def tiny(**over) -> dict:
-    """A run of seconds: 256 images, batch 32, one epoch of 8 steps, no kNN, no probe."""
-    cfg = {
-        "seed": 0,
-        "model": {"arch": "vit_tiny", "img_size": 16, "patch_size": 4, "depth": 2,
-                  "embed_dim": 48, "num_heads": 3, "mlp_dim": 96, "dim": 32,
-                  "patch_embed": "learned", "drop_path_rate": 0.1},
-        "moco": {"negatives": "in_batch"},
-        "data": {"name": "synthetic", "num_train": 256, "num_val": 64},
-        "optim": {"base_lr": 1.5e-3, "warmup_epochs": 1},
-        "train": {"epochs": 1, "batch_size": 32, "precision": "fp32", "log_every": 2,
-                  "knn_every": 0, "ckpt_every_steps": 1000},
-        "probe": {"enabled": False},
-    }
-    for dotted, value in over.items():
-        node = cfg
-        *path, leaf = dotted.split(".")
-        for key in path:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return cfg
+    """test_train's run of seconds, one epoch of 8 steps, no kNN, no probe, with drop-path
+    (so the CUDA generator's stream matters)."""
+    return test_train.tiny(**{"model.drop_path_rate": 0.1, "train.epochs": 1,
+                              "train.knn_every": 0, "probe.enabled": False, **over})
 
 
 # -- 1. the GPU check's AdamW update bound ----------------------------------------------------
