@@ -326,7 +326,6 @@ class RunData:
     record: dict
     eval_rows: list[dict]
     warnings: list[str]  # "<file>: <message>", relative to the run folder
-    train: pd.DataFrame | None = None  # train rows, when they had to be parsed
 
 
 def _get(mapping: Any, *keys: str) -> Any:
@@ -477,7 +476,6 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
     derived = from_eval_rows(scan.eval_rows, first_layer_group(config))
     derived["final_loss"] = (scan.last_train or {}).get("loss")
     values = {key: _get(summary, key) for key in SUMMARY_KEYS - {"state", "step"}}
-    train = None
     filled = []
     for key, value in values.items():
         if value is None and derived.get(key) is not None:
@@ -506,4 +504,4 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
         warnings.append(f"summary.json: missing ({reason}); numbers derived from metrics.jsonl")
     elif summary is None and state not in ("pending", "unknown"):
         warnings.append(f"metrics.jsonl: missing or empty (state {state}); no numbers")
-    return RunData(record=record, eval_rows=scan.eval_rows, warnings=warnings, train=train)
+    return RunData(record=record, eval_rows=scan.eval_rows, warnings=warnings)
