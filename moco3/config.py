@@ -23,7 +23,9 @@ from moco3.archs import ARCHS, PATCH_EMBEDS, POOLINGS, POS_EMBEDS, inapplicable_
 # Every choice list of a run lives here, once; the modules that implement them import it.
 MECHANISMS = ("in_batch", "queue", "memory_bank", "end_to_end")
 MOMENTUM_SCHEDULES = ("cosine", "constant")
-DATASETS = ("synthetic", "textures", "digits", "cifar10", "cifar100", "stl10", "imagefolder",
+# Generated in memory (moco3/synthetic.py, moco3/textures.py): their size is data.num_train.
+GENERATED_DATASETS = ("synthetic", "textures")
+DATASETS = (*GENERATED_DATASETS, "digits", "cifar10", "cifar100", "stl10", "imagefolder",
             "imagenet100")
 OPTIMIZERS = ("adamw", "lars", "lamb")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -272,7 +274,7 @@ def validate(cfg: DictConfig) -> None:
                "vary them)." if cfg.model.arch == "resnet50" else
                " (a conv-stem arch); set model.patch_embed=conv_stem.")
         )
-    train_size = (cfg.data.num_train if cfg.data.name in ("synthetic", "textures")
+    train_size = (cfg.data.num_train if cfg.data.name in GENERATED_DATASETS
                   else _FIXED_TRAIN_SIZES.get(cfg.data.name))
     if train_size is not None:
         check_batch_fits(cfg, train_size)

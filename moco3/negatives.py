@@ -190,3 +190,18 @@ def build_negatives(
         return MemoryBankNegatives(dim, tau, scale_by_2tau, queue_size, num_samples,
                                    bank_momentum)
     raise ValueError(f"unknown negatives mechanism {mechanism!r}; valid: {', '.join(MECHANISMS)}")
+
+
+_CLASSES: dict[str, type[Negatives]] = {
+    "in_batch": InBatchNegatives, "end_to_end": EndToEndNegatives,
+    "queue": QueueNegatives, "memory_bank": MemoryBankNegatives,
+}
+
+
+def needs_momentum_encoder(mechanism: str) -> bool:
+    """Whether the keys of `mechanism` come from a momentum encoder (the model builds one
+    only then); its class says so."""
+    if mechanism not in _CLASSES:
+        raise ValueError(f"unknown negatives mechanism {mechanism!r}; "
+                         f"valid: {', '.join(MECHANISMS)}")
+    return _CLASSES[mechanism].needs_momentum_encoder

@@ -10,7 +10,6 @@ after every epoch.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from moco3.loggers import build_loggers
 from moco3.precision import autocast_dtype, resolve_precision
 from moco3.preemption import PreemptionFlag
 from moco3.runlog import RunLog
+from moco3.schedules import probe_lr
 from moco3.train import (
     build_moco,
     build_split,
@@ -39,11 +39,6 @@ from moco3.train import (
     use_fused_attention,
 )
 from moco3.workers import resolve_num_workers
-
-
-def probe_lr(lr_base: float, batch: int, epoch: int, epochs: int) -> float:
-    """Official per-epoch cosine without warmup: lr_base*batch/256 * 0.5*(1+cos(pi*e/E))."""
-    return lr_base * batch / 256 * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
 class LinearHead(nn.Module):

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Subset
 
 from moco3 import checkpoint as ckpt
 from moco3.augment import EvalTransform, TwoViewTransform
-from moco3.config import ConfigError, changed_keys, config_hash, to_run_config
+from moco3.config import ConfigError, changed_keys, check_batch_fits, config_hash, to_run_config
 from moco3.data import IndexedTransformDataset, build_dataset, eval_crop_fraction
 from moco3.dist import get_rank, get_world_size
 from moco3.knn import extract_features, weighted_knn_top1
@@ -37,7 +37,7 @@ from moco3.loader import StepBatchSampler, epoch_loader
 from moco3.loggers import build_loggers
 from moco3.model import MoCo, build_model
 from moco3.monitor import InstabilityMonitor
-from moco3.negatives import Negatives, build_negatives
+from moco3.negatives import Negatives, build_negatives, needs_momentum_encoder
 from moco3.optim import build_optimizer
 from moco3.precision import autocast_dtype, resolve_precision
 from moco3.preemption import PreemptionFlag
@@ -65,9 +65,9 @@ def build_moco(cfg: DictConfig, global_bn: bool) -> MoCo:
     """The MoCo model of a run config."""
     m = cfg.model
     vit = {} if m.arch == "resnet50" else {k: m[k] for k in VIT_KEYS if m[k] is not None}
-    uses_momentum = cfg.moco.negatives in ("in_batch", "queue")
     return build_model(m.arch, dim=m.dim, mlp_dim=m.mlp_dim, head_bn=m.head_bn,
-                       predictor=m.predictor, momentum_encoder=uses_momentum,
+                       predictor=m.predictor,
+                       momentum_encoder=needs_momentum_encoder(cfg.moco.negatives),
                        global_bn=global_bn, **vit)
 
 
@@ -194,12 +194,8 @@ class Trainer:
         self.monitor = InstabilityMonitor(cfg.train.spike_factor, cfg.train.spike_window,
                                           dip_points=cfg.train.dip_points)
         self.groups = {k: v for k, v in self.model.grad_groups().items() if k in GROUPS}
+        check_batch_fits(cfg, len(self.train_set))
         self.steps_per_epoch = len(self.train_set) // cfg.train.batch_size
-        if self.steps_per_epoch < 1:
-            raise ConfigError(
-                f"train.batch_size={cfg.train.batch_size} is larger than the training set "
-                f"({len(self.train_set)} images); lower it or use more data."
-            )
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.net: nn.Module = self.model

@@ -11,6 +11,7 @@ from moco3.negatives import (
     MemoryBankNegatives,
     QueueNegatives,
     build_negatives,
+    needs_momentum_encoder,
 )
 
 
@@ -29,6 +30,7 @@ def test_build_and_flags():
         neg = build_negatives(name, dim=4, tau=0.2, queue_size=8, num_samples=10)
         assert isinstance(neg, cls)
         assert neg.needs_momentum_encoder is needs_mom
+        assert needs_momentum_encoder(name) is needs_mom  # what the model builder asks
     with pytest.raises(ValueError, match="in_batch, queue, memory_bank, end_to_end"):
         build_negatives("bank", dim=4, tau=0.2)
     with pytest.raises(ValueError, match="num_samples"):
