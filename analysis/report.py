@@ -56,6 +56,7 @@ from analysis.collect import (  # noqa: E402
 from analysis.reference import REFERENCES  # noqa: E402
 from analysis.study import load_study  # noqa: E402
 from runfolder import cli  # noqa: E402
+from runfolder.states import DISPLAY_ORDER, IN_PROGRESS  # noqa: E402
 
 FIGURE_MANIFEST = ".figures.json"
 SKIPPED_LIST_CAP = 40
@@ -84,7 +85,7 @@ def _ablation_order(names: list[str]) -> list[str]:
 
 
 def _state_summary(runs: pd.DataFrame) -> str:
-    states = ["done", "diverged", "failed", "running", "preempted", "pending", "unknown"]
+    states = list(DISPLAY_ORDER)
     extra = sorted(set(runs["state"]) - set(states))
     states = [s for s in states if (runs["state"] == s).any()] + extra
     lines = ["| ablation | runs | " + " | ".join(states) + " | scale |",
@@ -186,7 +187,7 @@ def _skipped_runs(runs: pd.DataFrame) -> list[str]:
             step = run["diverged_step"]
             out.append(f"{where}: diverged at step {step if pd.notna(step) else '?'} "
                        "(instability counted, no accuracy)")
-        elif state in ("running", "preempted"):
+        elif state in IN_PROGRESS:
             phase = run.get("phase")
             phase = f" ({phase})" if isinstance(phase, str) and phase else ""
             out.append(f"{where}: {state}{phase} at step {run['step']}; not finished")

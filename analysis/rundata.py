@@ -29,27 +29,22 @@ import yaml
 
 from analysis.linescan import TRAIN_PREFIXES, scan_lines
 from analysis.reference import normalize_label
-from analysis.summarize import first_layer_group, from_eval_rows
+from analysis.summarize import from_eval_rows
 from runfolder import layout
 from runfolder.atomic import read_json_list
+from runfolder.fields import (
+    STATUS_KEYS,
+    SUMMARY_EXTRA_KEYS,
+    SUMMARY_KEYS,
+    first_layer_group,
+    patch_embed_trains,
+)
 from runfolder.rows import KEYS, decode_value, dedup_key
-from runfolder.states import STATES
+from runfolder.states import IN_PROGRESS, STATES
 
 RUN_FILES = (layout.CONFIG, layout.STATUS, layout.SUMMARY, layout.METRICS, layout.ENV)
 
 KNOWN_KEYS = KEYS
-STATUS_KEYS = {
-    "state", "step", "total_steps", "job_id", "host", "started", "updated", "error", "phase",
-    "precision", "threads", "config_sha256", "num_workers",
-}
-SUMMARY_KEYS = {
-    "state", "step", "knn_top1", "knn_top1_max", "linear_top1", "num_knn_dips", "max_knn_dip",
-    "num_spikes_first", "num_spikes_last", "diverged_step", "final_loss", "train_seconds",
-    "knn_top1_pixels", "precision", "threads",
-}
-# Also written by moco3 (train.py's and probe.py's summaries); known, not in the runs table.
-SUMMARY_EXTRA_KEYS = {"total_steps", "spikes_by_group", "config_hash", "linear_top1_last",
-                      "skipped_steps", "num_workers"}
 # moco3 writes non-finite floats as strings (runfolder.rows); Python's json writes NaN.
 _NON_FINITE_BYTES = (b'"nan"', b'"inf"', b'"-inf"', b"NaN", b"Infinity")
 
@@ -473,7 +468,7 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
         num_metrics_rows=scan.num_train_rows + len(scan.eval_rows),
     )
 
-    derived = from_eval_rows(scan.eval_rows, first_layer_group(config))
+    derived = from_eval_rows(scan.eval_rows, first_layer_group(patch_embed_trains(config)))
     derived["final_loss"] = (scan.last_train or {}).get("loss")
     values = {key: _get(summary, key) for key in SUMMARY_KEYS - {"state", "step"}}
     filled = []
@@ -500,7 +495,7 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
         ("summary.json+metrics.jsonl" if filled else "summary.json")
     )
     if summary is None and scan.num_train_rows + len(scan.eval_rows):
-        reason = "run in progress" if state in ("running", "preempted") else f"state {state}"
+        reason = "run in progress" if state in IN_PROGRESS else f"state {state}"
         warnings.append(f"summary.json: missing ({reason}); numbers derived from metrics.jsonl")
     elif summary is None and state not in ("pending", "unknown"):
         warnings.append(f"metrics.jsonl: missing or empty (state {state}); no numbers")

@@ -46,8 +46,8 @@ from moco3.runlog import RunLog
 from moco3.schedules import lr_at, momentum_at, scaled_lr, wd_at
 from moco3.step import MocoStep
 from moco3.workers import resolve_num_workers
+from runfolder.fields import GRAD_GROUPS, LAST_LAYER_GROUP, first_layer_group
 
-GROUPS = ("patch_embed", "first_block", "last_block", "heads")
 VIT_KEYS = ("img_size", "patch_size", "depth", "embed_dim", "num_heads", "patch_embed",
             "pos_embed", "pooling", "final_norm", "drop_path_rate")
 
@@ -193,7 +193,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.monitor = InstabilityMonitor(cfg.train.spike_factor, cfg.train.spike_window,
                                           dip_points=cfg.train.dip_points)
-        self.groups = {k: v for k, v in self.model.grad_groups().items() if k in GROUPS}
+        self.groups = {k: v for k, v in self.model.grad_groups().items() if k in GRAD_GROUPS}
         check_batch_fits(cfg, len(self.train_set))
         self.steps_per_epoch = len(self.train_set) // cfg.train.batch_size
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
@@ -551,7 +551,7 @@ class Trainer:
 
     def summary(self, state: str, diverged_step: int | None = None) -> dict[str, Any]:
         last = self.last_train_row or {}
-        first_group = "patch_embed" if self._group_trains("patch_embed") else "first_block"
+        first_group = first_layer_group(self._group_trains(GRAD_GROUPS[0]))
         dips = self.monitor.dips
         return {
             "state": state, "step": self.step, "total_steps": self.total_steps,
@@ -559,7 +559,7 @@ class Trainer:
             "knn_top1_pixels": self.knn_pixels,
             "num_knn_dips": dips.num_dips, "max_knn_dip": dips.max_drop,
             "num_spikes_first": self.monitor.spikes.get(first_group, 0),
-            "num_spikes_last": self.monitor.spikes.get("last_block", 0),
+            "num_spikes_last": self.monitor.spikes.get(LAST_LAYER_GROUP, 0),
             "spikes_by_group": dict(self.monitor.spikes), "diverged_step": diverged_step,
             "skipped_steps": self.monitor.skipped_steps,
             "final_loss": last.get("loss"), "train_seconds": self.timer.total,
