@@ -169,6 +169,7 @@ from benchmarks.train_step import (  # noqa: E402
 )
 from moco3 import checkpoint as ckpt  # noqa: E402
 from moco3.augment import TwoViewTransform  # noqa: E402
+from moco3.build import fused_attention_is_faster, use_fused_attention  # noqa: E402
 from moco3.config import to_run_config  # noqa: E402
 from moco3.data import IndexedTransformDataset, build_dataset  # noqa: E402
 from moco3.loader import StepBatchSampler, epoch_loader  # noqa: E402
@@ -183,11 +184,7 @@ from moco3.precision import (  # noqa: E402
 )
 from moco3.schedules import scaled_lr  # noqa: E402
 from moco3.step import MocoStep  # noqa: E402
-from moco3.train import (  # noqa: E402
-    fused_attention_is_faster,
-    train,
-    use_fused_attention,
-)
+from moco3.train import train  # noqa: E402
 from runfolder.fields import GRAD_GROUPS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
