@@ -379,8 +379,31 @@ def provenance(records: list[dict]) -> dict[str, Any]:
 
 
 def read_run(run_dir: Path, relpath: str) -> RunData:
-    """Read the run folder ``run_dir`` (``relpath`` = its path below the runs root)."""
+    """Read the run folder ``run_dir`` (``relpath`` = its path below the runs root):
+    its identity (config.yaml or the folder path), then its status, then its numbers."""
     warnings: list[str] = []
+    config, record = _read_identity(run_dir, relpath, warnings)
+    record.update(provenance(read_json_list(run_dir / layout.ENV)))
+    status = read_json_file(run_dir / "status.json", warnings)
+    summary = read_json_file(run_dir / "summary.json", warnings)
+    for name, content, known in (("status.json", status, STATUS_KEYS),
+                                 ("summary.json", summary,
+                                  SUMMARY_KEYS | SUMMARY_EXTRA_KEYS)):
+        extra = sorted(set(content or {}) - known)
+        if extra:
+            warnings.append(f"{name}: unknown keys {', '.join(extra)}; ignored")
+
+    scan = scan_metrics(run_dir / "metrics.jsonl")
+    warnings.extend(scan.warnings)
+    state = _read_status(record, status, summary, scan, warnings)
+    _read_summary(record, state, config, status, summary, scan, warnings)
+    return RunData(record=record, eval_rows=scan.eval_rows, warnings=warnings)
+
+
+def _read_identity(run_dir: Path, relpath: str, warnings: list[str]
+                   ) -> tuple[dict | None, dict[str, Any]]:
+    """The run's config.yaml (None if missing or unusable) and its identity record:
+    ablation, run_id, factors, seed, scale, config hash and the configured basics."""
     config = None
     config_path = run_dir / "config.yaml"
     if config_path.exists():
@@ -429,20 +452,14 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
         "cfg.arch": _get(config, "model", "arch"),
     }
 
-    record.update(provenance(read_json_list(run_dir / layout.ENV)))
-    status = read_json_file(run_dir / "status.json", warnings)
-    summary = read_json_file(run_dir / "summary.json", warnings)
-    for name, content, known in (("status.json", status, STATUS_KEYS),
-                                 ("summary.json", summary,
-                                  SUMMARY_KEYS | SUMMARY_EXTRA_KEYS)):
-        extra = sorted(set(content or {}) - known)
-        if extra:
-            warnings.append(f"{name}: unknown keys {', '.join(extra)}; ignored")
+    return config, record
 
-    scan = scan_metrics(run_dir / "metrics.jsonl")
-    warnings.extend(scan.warnings)
+
+def _read_status(record: dict[str, Any], status: dict | None, summary: dict | None,
+                 scan: MetricsScan, warnings: list[str]) -> str:
+    """Fill ``record``'s state and progress from status.json (else summary.json, else the
+    last metrics row); returns the state."""
     last_row = scan.last_train or (scan.eval_rows[-1] if scan.eval_rows else {})
-
     state = _get(status, "state") or _get(summary, "state") or "unknown"
     if state not in STATES:
         warnings.append(f"status.json: unknown state {state!r}")
@@ -468,6 +485,13 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
         num_metrics_rows=scan.num_train_rows + len(scan.eval_rows),
     )
 
+    return str(state)
+
+
+def _read_summary(record: dict[str, Any], state: str, config: dict | None, status: dict | None,
+                  summary: dict | None, scan: MetricsScan, warnings: list[str]) -> None:
+    """Fill ``record``'s numbers from summary.json, the missing ones derived from the
+    metrics rows."""
     derived = from_eval_rows(scan.eval_rows, first_layer_group(patch_embed_trains(config)))
     derived["final_loss"] = (scan.last_train or {}).get("loss")
     values = {key: _get(summary, key) for key in SUMMARY_KEYS - {"state", "step"}}
@@ -499,4 +523,3 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
         warnings.append(f"summary.json: missing ({reason}); numbers derived from metrics.jsonl")
     elif summary is None and state not in ("pending", "unknown"):
         warnings.append(f"metrics.jsonl: missing or empty (state {state}); no numbers")
-    return RunData(record=record, eval_rows=scan.eval_rows, warnings=warnings)
