@@ -101,7 +101,7 @@ def run_study(study: str, scale: str, runs_root: Path, extra: list[str]) -> tupl
     return command, time.monotonic() - start, code
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", default="mini")
     p.add_argument("--studies", nargs="+", default=["patch_proj", "negatives"])
@@ -115,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.allow_mixed_code is not None and not args.allow_mixed_code.strip():
         p.error("--allow-mixed-code needs a reason, e.g. --allow-mixed-code \"docs-only "
                 "commits between the studies\"")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     reason = (args.allow_mixed_code or "").strip()
     git = git_state(REPO)
     if git.get("git_dirty") and not reason:

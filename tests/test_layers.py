@@ -104,3 +104,19 @@ def test_the_ownership_scan_finds_a_respelling(tmp_path):
     assert _contract_spellings(module) == [("done", "diverged"),
                                             ("knn_top1", "step", "state"),
                                             ("first_block", "last_block")]
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_is_over_80_lines():
+    """Every function and method of the four layers reads on about one screen."""
+    long = {}
+    for layer in LAYERS:
+        for path in sorted((REPO / layer).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        long[f"{path.relative_to(REPO)}::{node.name}"] = lines
+    assert not long
