@@ -26,11 +26,10 @@ import pandas as pd
 
 from analysis.collect import factor_column
 from analysis.reference import level_rank, paper_number, reference_for
-from runfolder.states import DISPLAY_ORDER, FINISHED, RESULTS
+from runfolder.states import DISPLAY_ORDER, FINISHED, TRAINED
 
 METRICS = ("linear_top1", "knn_top1")
 METRIC_NAMES = {"linear_top1": "linear top-1", "knn_top1": "kNN top-1"}
-TRAINED = RESULTS  # runs whose instability counts are final
 
 
 @dataclass
@@ -81,8 +80,6 @@ def _row_order(ablation: str, factors: list[str], frame: pd.DataFrame) -> pd.Dat
 
 def _is_finished(runs: pd.DataFrame) -> pd.Series:
     return runs["state"].isin(FINISHED) | ((runs["state"] == "unknown") & runs["has_summary"])
-
-
 
 
 def _states_text(states: pd.Series) -> str:
