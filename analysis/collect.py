@@ -206,8 +206,6 @@ def collect(
         entries[run.run_dir] = (run.key, record)
         fresh_dirs.add(run.run_dir)
         fresh_rows.extend(dict(row, run_dir=run.run_dir) for row in data.eval_rows)
-        if data.train is not None:
-            cache.save_train(run.run_dir, run.metrics_key, data.train, [])
 
     # Keep cache entries of ablations this call did not scan; drop vanished runs.
     scanned = (lambda d: d.split("/", 1)[0] in ablations) if ablations else (lambda d: True)

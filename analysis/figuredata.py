@@ -36,6 +36,7 @@ from analysis.collect import Collection, factor_column
 from analysis.reference import reference_for
 from analysis.tables import METRIC_NAMES, AblationTable, level_sort_key
 from runfolder.instability import SPIKE_FACTOR, SPIKE_MIN_HISTORY, SPIKE_WINDOW
+from runfolder.states import TRAINED
 
 FORMATS = ("png", "pdf")  # every figure is written in each
 MAX_PANELS = 6
@@ -149,7 +150,7 @@ def prepare_knn(name: str, kind: str, ablation: str, runs: pd.DataFrame, knn: pd
     # Average finished (and diverged) seeds; a factor value with none of those yet shows
     # its runs in progress. Mixing half-trained seeds into a mean bends the curve, and this
     # way a run that moves on does not redraw a figure whose finished seeds have not changed.
-    runs = runs.assign(_trained=runs["state"].isin(("done", "diverged")))
+    runs = runs.assign(_trained=runs["state"].isin(TRAINED))
     has_trained = runs.groupby(["panel", "hue"])["_trained"].transform("any")
     runs = runs[runs["_trained"] | ~has_trained]
     rows = knn[["run_dir", x, "knn_top1"]].dropna()
@@ -197,7 +198,7 @@ def choose_runs_for_gradients(runs: pd.DataFrame, ablation: str, factors: list[s
         return []
     runs, panels, _ = label_runs(runs, ablation, factors, [])
     runs = runs.assign(
-        _trained=runs["state"].isin(("done", "diverged")),
+        _trained=runs["state"].isin(TRAINED),
         _spikes=runs["num_spikes_first"].astype("float64").fillna(-1.0),
         _seed=runs["seed"].astype("float64").fillna(float(1 << 30)),
     ).sort_values(["_trained", "_spikes", "_seed"], ascending=[False, False, True])

@@ -56,6 +56,7 @@ from analysis.collect import (  # noqa: E402
 from analysis.reference import REFERENCES  # noqa: E402
 from analysis.study import load_study  # noqa: E402
 from runfolder import cli  # noqa: E402
+from runfolder.states import DISPLAY_ORDER, IN_PROGRESS  # noqa: E402
 
 FIGURE_MANIFEST = ".figures.json"
 SKIPPED_LIST_CAP = 40
@@ -84,7 +85,7 @@ def _ablation_order(names: list[str]) -> list[str]:
 
 
 def _state_summary(runs: pd.DataFrame) -> str:
-    states = ["done", "diverged", "failed", "running", "preempted", "pending", "unknown"]
+    states = list(DISPLAY_ORDER)
     extra = sorted(set(runs["state"]) - set(states))
     states = [s for s in states if (runs["state"] == s).any()] + extra
     lines = ["| ablation | runs | " + " | ".join(states) + " | scale |",
@@ -186,7 +187,7 @@ def _skipped_runs(runs: pd.DataFrame) -> list[str]:
             step = run["diverged_step"]
             out.append(f"{where}: diverged at step {step if pd.notna(step) else '?'} "
                        "(instability counted, no accuracy)")
-        elif state in ("running", "preempted"):
+        elif state in IN_PROGRESS:
             phase = run.get("phase")
             phase = f" ({phase})" if isinstance(phase, str) and phase else ""
             out.append(f"{where}: {state}{phase} at step {run['step']}; not finished")
@@ -380,37 +381,9 @@ def _write_report(out: Path, collection: Collection, ablations: list[str] | None
 
         t = time.perf_counter()
         knn = knn_by_ablation.get(ablation, pd.DataFrame(columns=["run_dir", x, "knn_top1"]))
-        figures_md = []
-        kinds = set()
-        for spec in figuredata.figure_specs(ablation, ab_runs, knn, collection, table, x=x):
-            digest = spec.digest()
-            files = [f"{spec.name}.{fmt}" for fmt in formats]
-            # Each file remembers the digest of the data it shows: a PDF left over from a
-            # --no-pdf build is never taken for current.
-            drawn = old_manifest.get(spec.name, {}).get("files", {})
-            if not isinstance(drawn, dict):
-                drawn = {}
-            if all(drawn.get(f) == digest and (out / "figures" / f).exists() for f in files):
-                result.figures_reused += 1
-            elif spec.load():
-                to_draw.append((spec, out / "figures" / spec.name))
-            else:
-                figure_notes.extend(f"{spec.name}: {note}" for note in spec.notes)
-                continue
-            kinds.add(spec.kind)
-            manifest[spec.name] = {"ablation": ablation,
-                                   "files": {**drawn, **dict.fromkeys(files, digest)}}
-            links = " · ".join(f"[{f.rsplit('.', 1)[1].upper()}](figures/{f})" for f in files)
-            figures_md.append(
-                f"![{spec.title}](figures/{spec.name}.{formats[0]})\n\n*{spec.caption}* "
-                f"({links})\n"
-            )
-            figure_notes.extend(f"{spec.name}: {note}" for note in spec.notes)
-        if "knn" not in kinds:
-            figure_notes.append(f"{ablation}: no kNN-curve figure (no kNN rows logged yet)")
-        if "grad" not in kinds:
-            figure_notes.append(f"{ablation}: no gradient-norm figure (no gradient norms "
-                                "logged yet)")
+        figures_md = _ablation_figures(out, ablation, ab_runs, knn, collection, table, x,
+                                       formats, old_manifest, manifest, to_draw,
+                                       figure_notes, result)
         t_specs += time.perf_counter() - t
 
         study = load_study(collection.root / ablation)
@@ -440,6 +413,59 @@ def _write_report(out: Path, collection: Collection, ablations: list[str] | None
     result.figures_drawn = len(to_draw)
     timings.update(tables=t_tables, figure_data=t_specs, draw=time.perf_counter() - t)
 
+    _prune_figures(out, old_manifest, manifest, ablations, names)
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+
+    t = time.perf_counter()
+    _write_readme(out, collection, names, missing, sections, study_notes, figure_notes)
+    timings["readme"] = time.perf_counter() - t
+    return result
+
+
+def _ablation_figures(out: Path, ablation: str, ab_runs: pd.DataFrame, knn: pd.DataFrame,
+                      collection: Collection, table: tables.AblationTable, x: str,
+                      formats: tuple[str, ...], old_manifest: dict, manifest: dict,
+                      to_draw: list, figure_notes: list[str], result: ReportResult
+                      ) -> list[str]:
+    """The figures of one ablation: reused when their data did not change, else queued
+    in `to_draw`; records them in `manifest`. Returns their README Markdown."""
+    figures_md = []
+    kinds = set()
+    for spec in figuredata.figure_specs(ablation, ab_runs, knn, collection, table, x=x):
+        digest = spec.digest()
+        files = [f"{spec.name}.{fmt}" for fmt in formats]
+        # Each file remembers the digest of the data it shows: a PDF left over from a
+        # --no-pdf build is never taken for current.
+        drawn = old_manifest.get(spec.name, {}).get("files", {})
+        if not isinstance(drawn, dict):
+            drawn = {}
+        if all(drawn.get(f) == digest and (out / "figures" / f).exists() for f in files):
+            result.figures_reused += 1
+        elif spec.load():
+            to_draw.append((spec, out / "figures" / spec.name))
+        else:
+            figure_notes.extend(f"{spec.name}: {note}" for note in spec.notes)
+            continue
+        kinds.add(spec.kind)
+        manifest[spec.name] = {"ablation": ablation,
+                               "files": {**drawn, **dict.fromkeys(files, digest)}}
+        links = " · ".join(f"[{f.rsplit('.', 1)[1].upper()}](figures/{f})" for f in files)
+        figures_md.append(
+            f"![{spec.title}](figures/{spec.name}.{formats[0]})\n\n*{spec.caption}* "
+            f"({links})\n"
+        )
+        figure_notes.extend(f"{spec.name}: {note}" for note in spec.notes)
+    if "knn" not in kinds:
+        figure_notes.append(f"{ablation}: no kNN-curve figure (no kNN rows logged yet)")
+    if "grad" not in kinds:
+        figure_notes.append(f"{ablation}: no gradient-norm figure (no gradient norms "
+                            "logged yet)")
+    return figures_md
+
+
+def _prune_figures(out: Path, old_manifest: dict, manifest: dict,
+                   ablations: list[str] | None, names: list[str]) -> None:
+    """Remove the files of old figures this build no longer draws."""
     # A figure of an earlier build that this build would no longer draw is removed; with
     # --ablation, the figures of the ablations not looked at stay as they were.
     for name, entry in old_manifest.items():
@@ -450,9 +476,14 @@ def _write_report(out: Path, collection: Collection, ablations: list[str] | None
             continue
         for f in entry.get("files", []):
             (out / "figures" / f).unlink(missing_ok=True)
-    manifest_path.write_text(json.dumps(manifest, indent=1))
 
-    t = time.perf_counter()
+
+def _write_readme(out: Path, collection: Collection, names: list[str], missing: list[str],
+                  sections: list[str], study_notes: list[str], figure_notes: list[str]
+                  ) -> None:
+    """runs.csv and README.md: states, provenance, the ablation sections and what was
+    skipped, repaired or left out."""
+    runs = collection.runs
     runs.to_csv(out / "runs.csv", index=False)
     skipped = _skipped_runs(runs)
     readme = [
@@ -493,8 +524,6 @@ def _write_report(out: Path, collection: Collection, ablations: list[str] | None
                   + (":" if figure_notes else "."))
     readme.extend(f"  * {n}" for n in figure_notes)
     (out / "README.md").write_text("\n".join(readme) + "\n")
-    timings["readme"] = time.perf_counter() - t
-    return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

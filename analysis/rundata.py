@@ -29,29 +29,24 @@ import yaml
 
 from analysis.linescan import TRAIN_PREFIXES, scan_lines
 from analysis.reference import normalize_label
-from analysis.summarize import first_layer_group, from_eval_rows
+from analysis.summarize import from_eval_rows
 from runfolder import layout
 from runfolder.atomic import read_json_list
+from runfolder.fields import (
+    STATUS_KEYS,
+    SUMMARY_EXTRA_KEYS,
+    SUMMARY_KEYS,
+    first_layer_group,
+    patch_embed_trains,
+)
 from runfolder.negatives import NEGATIVES_PER_QUERY
 from runfolder.negatives import from_config as negatives_from_config
 from runfolder.rows import KEYS, decode_value, dedup_key
-from runfolder.states import STATES
+from runfolder.states import IN_PROGRESS, STATES
 
 RUN_FILES = (layout.CONFIG, layout.STATUS, layout.SUMMARY, layout.METRICS, layout.ENV)
 
 KNOWN_KEYS = KEYS
-STATUS_KEYS = {
-    "state", "step", "total_steps", "job_id", "host", "started", "updated", "error", "phase",
-    "precision", "threads", "config_sha256", "num_workers", "negatives_per_query",
-}
-SUMMARY_KEYS = {
-    "state", "step", "knn_top1", "knn_top1_max", "linear_top1", "num_knn_dips", "max_knn_dip",
-    "num_spikes_first", "num_spikes_last", "diverged_step", "final_loss", "train_seconds",
-    "knn_top1_pixels", "precision", "threads", "negatives_per_query",
-}
-# Also written by moco3 (train.py's and probe.py's summaries); known, not in the runs table.
-SUMMARY_EXTRA_KEYS = {"total_steps", "spikes_by_group", "config_hash", "linear_top1_last",
-                      "skipped_steps", "num_workers"}
 # moco3 writes non-finite floats as strings (runfolder.rows); Python's json writes NaN.
 _NON_FINITE_BYTES = (b'"nan"', b'"inf"', b'"-inf"', b"NaN", b"Infinity")
 
@@ -328,7 +323,6 @@ class RunData:
     record: dict
     eval_rows: list[dict]
     warnings: list[str]  # "<file>: <message>", relative to the run folder
-    train: pd.DataFrame | None = None  # train rows, when they had to be parsed
 
 
 def _get(mapping: Any, *keys: str) -> Any:
@@ -387,8 +381,31 @@ def provenance(records: list[dict]) -> dict[str, Any]:
 
 
 def read_run(run_dir: Path, relpath: str) -> RunData:
-    """Read the run folder ``run_dir`` (``relpath`` = its path below the runs root)."""
+    """Read the run folder ``run_dir`` (``relpath`` = its path below the runs root):
+    its identity (config.yaml or the folder path), then its status, then its numbers."""
     warnings: list[str] = []
+    config, record = _read_identity(run_dir, relpath, warnings)
+    record.update(provenance(read_json_list(run_dir / layout.ENV)))
+    status = read_json_file(run_dir / "status.json", warnings)
+    summary = read_json_file(run_dir / "summary.json", warnings)
+    for name, content, known in (("status.json", status, STATUS_KEYS),
+                                 ("summary.json", summary,
+                                  SUMMARY_KEYS | SUMMARY_EXTRA_KEYS)):
+        extra = sorted(set(content or {}) - known)
+        if extra:
+            warnings.append(f"{name}: unknown keys {', '.join(extra)}; ignored")
+
+    scan = scan_metrics(run_dir / "metrics.jsonl")
+    warnings.extend(scan.warnings)
+    state = _read_status(record, status, summary, scan, warnings)
+    _read_summary(record, state, config, status, summary, scan, warnings)
+    return RunData(record=record, eval_rows=scan.eval_rows, warnings=warnings)
+
+
+def _read_identity(run_dir: Path, relpath: str, warnings: list[str]
+                   ) -> tuple[dict | None, dict[str, Any]]:
+    """The run's config.yaml (None if missing or unusable) and its identity record:
+    ablation, run_id, factors, seed, scale, config hash and the configured basics."""
     config = None
     config_path = run_dir / "config.yaml"
     if config_path.exists():
@@ -437,20 +454,14 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
         "cfg.arch": _get(config, "model", "arch"),
     }
 
-    record.update(provenance(read_json_list(run_dir / layout.ENV)))
-    status = read_json_file(run_dir / "status.json", warnings)
-    summary = read_json_file(run_dir / "summary.json", warnings)
-    for name, content, known in (("status.json", status, STATUS_KEYS),
-                                 ("summary.json", summary,
-                                  SUMMARY_KEYS | SUMMARY_EXTRA_KEYS)):
-        extra = sorted(set(content or {}) - known)
-        if extra:
-            warnings.append(f"{name}: unknown keys {', '.join(extra)}; ignored")
+    return config, record
 
-    scan = scan_metrics(run_dir / "metrics.jsonl")
-    warnings.extend(scan.warnings)
+
+def _read_status(record: dict[str, Any], status: dict | None, summary: dict | None,
+                 scan: MetricsScan, warnings: list[str]) -> str:
+    """Fill ``record``'s state and progress from status.json (else summary.json, else the
+    last metrics row); returns the state."""
     last_row = scan.last_train or (scan.eval_rows[-1] if scan.eval_rows else {})
-
     state = _get(status, "state") or _get(summary, "state") or "unknown"
     if state not in STATES:
         warnings.append(f"status.json: unknown state {state!r}")
@@ -476,10 +487,16 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
         num_metrics_rows=scan.num_train_rows + len(scan.eval_rows),
     )
 
-    derived = from_eval_rows(scan.eval_rows, first_layer_group(config))
+    return str(state)
+
+
+def _read_summary(record: dict[str, Any], state: str, config: dict | None, status: dict | None,
+                  summary: dict | None, scan: MetricsScan, warnings: list[str]) -> None:
+    """Fill ``record``'s numbers from summary.json, the missing ones derived from the
+    metrics rows."""
+    derived = from_eval_rows(scan.eval_rows, first_layer_group(patch_embed_trains(config)))
     derived["final_loss"] = (scan.last_train or {}).get("loss")
     values = {key: _get(summary, key) for key in SUMMARY_KEYS - {"state", "step"}}
-    train = None
     filled = []
     for key, value in values.items():
         if value is None and derived.get(key) is not None:
@@ -507,8 +524,7 @@ def read_run(run_dir: Path, relpath: str) -> RunData:
         ("summary.json+metrics.jsonl" if filled else "summary.json")
     )
     if summary is None and scan.num_train_rows + len(scan.eval_rows):
-        reason = "run in progress" if state in ("running", "preempted") else f"state {state}"
+        reason = "run in progress" if state in IN_PROGRESS else f"state {state}"
         warnings.append(f"summary.json: missing ({reason}); numbers derived from metrics.jsonl")
     elif summary is None and state not in ("pending", "unknown"):
         warnings.append(f"metrics.jsonl: missing or empty (state {state}); no numbers")
-    return RunData(record=record, eval_rows=scan.eval_rows, warnings=warnings, train=train)

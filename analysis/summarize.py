@@ -12,26 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
+from runfolder.fields import LAST_LAYER_GROUP
 from runfolder.instability import DIP_POINTS, find_dips, max_dip
-
-FIRST_LAYER_GROUPS = ("patch_embed", "first_block")
-LAST_LAYER_GROUP = "last_block"
 
 
 def _finite_values(values: Sequence) -> list[float]:
     return [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
-
-
-def first_layer_group(config: Any) -> str:
-    """The first layer that learns, as the job counts it: the patch projection unless it is
-    frozen (a frozen projection gets no gradient), else the first block."""
-    model = config.get("model") if isinstance(config, dict) else None
-    if isinstance(model, dict) and model.get("patch_embed") == "frozen" \
-            and model.get("arch") != "resnet50":
-        return "first_block"
-    return "patch_embed"
 
 
 def from_eval_rows(eval_rows: list[dict], first_group: str = "patch_embed",

@@ -26,12 +26,10 @@ import pandas as pd
 
 from analysis.collect import factor_column
 from analysis.reference import level_rank, paper_number, reference_for
-from runfolder.states import RESULTS
+from runfolder.states import DISPLAY_ORDER, FINISHED, TRAINED
 
 METRICS = ("linear_top1", "knn_top1")
 METRIC_NAMES = {"linear_top1": "linear top-1", "knn_top1": "kNN top-1"}
-FINISHED = ("done",)  # runs with final accuracies
-TRAINED = RESULTS  # runs whose instability counts are final
 
 
 @dataclass
@@ -84,14 +82,11 @@ def _is_finished(runs: pd.DataFrame) -> pd.Series:
     return runs["state"].isin(FINISHED) | ((runs["state"] == "unknown") & runs["has_summary"])
 
 
-_STATE_ORDER = ("done", "diverged", "failed", "running", "preempted", "pending", "unknown")
-
-
 def _states_text(states: pd.Series) -> str:
     """e.g. "2 done, 1 diverged, 1 running" (diverged steps are in their own column)."""
     counts = states.value_counts()
     ordered = sorted(counts.index, key=lambda s: (
-        _STATE_ORDER.index(s) if s in _STATE_ORDER else len(_STATE_ORDER), s))
+        DISPLAY_ORDER.index(s) if s in DISPLAY_ORDER else len(DISPLAY_ORDER), s))
     return ", ".join(f"{counts[state]} {state}" for state in ordered)
 
 

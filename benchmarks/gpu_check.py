@@ -169,6 +169,7 @@ from benchmarks.train_step import (  # noqa: E402
 )
 from moco3 import checkpoint as ckpt  # noqa: E402
 from moco3.augment import TwoViewTransform  # noqa: E402
+from moco3.build import fused_attention_is_faster, use_fused_attention  # noqa: E402
 from moco3.config import to_run_config  # noqa: E402
 from moco3.data import IndexedTransformDataset, build_dataset  # noqa: E402
 from moco3.loader import StepBatchSampler, epoch_loader  # noqa: E402
@@ -183,12 +184,8 @@ from moco3.precision import (  # noqa: E402
 )
 from moco3.schedules import scaled_lr  # noqa: E402
 from moco3.step import MocoStep  # noqa: E402
-from moco3.train import (  # noqa: E402
-    GROUPS,
-    fused_attention_is_faster,
-    train,
-    use_fused_attention,
-)
+from moco3.train import train  # noqa: E402
+from runfolder.fields import GRAD_GROUPS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("environment", "correctness", "distributed", "resume", "data", "speed")
@@ -634,7 +631,7 @@ def run_steps(model: MoCo, device: torch.device, precision: str, fused: bool,
     amp = autocast_dtype(precision)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     net = wrap(model) if wrap else model
-    groups = {k: v for k, v in model.grad_groups().items() if k in GROUPS}
+    groups = {k: v for k, v in model.grad_groups().items() if k in GRAD_GROUPS}
     step = MocoStep(net, model, negatives, optimizer, amp, scaler, True, None, groups)
     x1, x2 = x1.to(device), x2.to(device)
     trace = Trace()
@@ -1391,7 +1388,7 @@ def build_ours(ctx: Context, arch: str, batch: int, compiled: bool) -> Bench:
     amp = autocast_dtype(resolve_precision("auto", device))
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     net: nn.Module = torch.compile(model) if compiled else model
-    groups = {k: v for k, v in model.grad_groups().items() if k in GROUPS}
+    groups = {k: v for k, v in model.grad_groups().items() if k in GRAD_GROUPS}
     step_fn = MocoStep(net, model, negatives, optimizer, amp, scaler, True, None, groups)
     # Divergence: random views on the device rather than the loader's (the data section
     # measures the input pipeline apart), and one process: no gradient all-reduce and no

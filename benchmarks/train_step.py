@@ -59,13 +59,13 @@ from benchmarks.official_code import (  # noqa: E402
     official_step,
 )
 from moco3.archs import VIT_ARCHS  # noqa: E402
+from moco3.build import fused_attention_is_faster  # noqa: E402
 from moco3.model import MoCo, build_model  # noqa: E402
 from moco3.negatives import build_negatives  # noqa: E402
 from moco3.optim import build_optimizer  # noqa: E402
 from moco3.precision import autocast_dtype, cpu_kind, resolve_precision  # noqa: E402
 from moco3.provenance import cpu_model  # noqa: E402
 from moco3.step import MocoStep  # noqa: E402
-from moco3.train import fused_attention_is_faster  # noqa: E402
 
 PLAIN_VITS = tuple(a for a, spec in VIT_ARCHS.items() if not spec.get("patch_embed"))
 # Dense (no sparsity) 16-bit tensor-core peak per card, TFLOP/s, from NVIDIA's datasheets:

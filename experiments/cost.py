@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from moco3.config import GENERATED_DATASETS
+
 REF_GPU_HOURS = 24.0 * 128  # ViT-B/16, 100 epochs, ImageNet-1k
 REF_EPOCHS = 100
 REF_IMAGES = 1_281_167
@@ -110,7 +112,7 @@ def _reference_flops() -> float:
 
 
 def train_images(cfg: Any) -> int:
-    if cfg.data.name in ("synthetic", "textures"):
+    if cfg.data.name in GENERATED_DATASETS:
         return int(cfg.data.num_train)
     return TRAIN_IMAGES.get(cfg.data.name, REF_IMAGES)
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import submitit
 
+from runfolder.states import RESULTS
+
 
 class RunJob:
     """Pre-train the run in `run_dir` (resuming if it can) and probe it when it is done.
@@ -65,7 +67,7 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         print(f"job failed: {error_sentence(err)}", file=sys.stderr)
         return 1
-    return 0 if state in ("done", "diverged") else 1
+    return 0 if state in RESULTS else 1
 
 
 if __name__ == "__main__":

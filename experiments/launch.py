@@ -197,14 +197,14 @@ def check_data(runs: list[PlannedRun], download_ok: bool,
     set, counted in images (one sentence from moco3 if not). `missing`: called with the
     sentence instead of refusing when a dataset is not there (a dry run on a machine
     without the data still shows the grid and its cost)."""
-    from moco3.config import check_batch_fits
+    from moco3.config import GENERATED_DATASETS, check_batch_fits
     from moco3.data import DatasetNotFoundError, build_dataset
 
     sizes: dict[tuple, int] = {}
     for run in runs:
         d = run.config.data
         key = (d.name, d.root, d.class_list, d.download, run.config.model.img_size)
-        if d.name in ("synthetic", "textures"):
+        if d.name in GENERATED_DATASETS:
             continue  # generated: its size is data.num_train, checked at compose time
         if key not in sizes:
             try:

@@ -104,7 +104,7 @@ def run_study(study: str, scale: str, runs_root: Path, extra: list[str]) -> tupl
     return command, time.monotonic() - start, code
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", default="mini")
     p.add_argument("--studies", nargs="+", default=STUDIES)
@@ -121,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.allow_mixed_code is not None and not args.allow_mixed_code.strip():
         p.error("--allow-mixed-code needs a reason, e.g. --allow-mixed-code \"docs-only "
                 "commits between the studies\"")
+    if min(args.seeds, args.ladder_seeds) < 1:
+        p.error("--seeds and --ladder-seeds must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     reason = (args.allow_mixed_code or "").strip()
     git = git_state(REPO)
     if git.get("git_dirty") and not reason:
@@ -134,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     times_path = runs_root / TIMES
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     commands = []
-    if min(args.seeds, args.ladder_seeds) < 1:
-        p.error("--seeds and --ladder-seeds must be at least 1")
     for study in args.studies:
         seeds = args.ladder_seeds if study in LADDERS else args.seeds
         extra = [f"seeds=[{','.join(map(str, range(seeds)))}]", *args.extra]

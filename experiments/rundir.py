@@ -29,7 +29,7 @@ from moco3.config import changed_keys
 from runfolder import layout
 from runfolder.atomic import read_json, read_json_list, write_json, write_text
 from runfolder.joblock import exclusive, holder
-from runfolder.states import RESULTS
+from runfolder.states import IN_PROGRESS, MAY_HAVE_A_JOB, RESULTS
 
 MANIFEST = layout.MANIFEST
 LOCK = ".launch.lock"
@@ -145,7 +145,7 @@ def decide(run: PlannedRun, run_dir: Path, last_job: str | None,
     if changes:
         shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more"
                                           if len(changes) > 6 else "")
-        if state in (*RESULTS, "running", "preempted") or has_progress(run_dir):
+        if state in (*RESULTS, *IN_PROGRESS) or has_progress(run_dir):
             what = f"a {state} run" if state else "a started run"
             return Decision("refuse", (
                 f"{run.run_id}: the config.yaml of {what} in {run_dir} differs from this "
@@ -155,7 +155,7 @@ def decide(run: PlannedRun, run_dir: Path, last_job: str | None,
                         rewrite=True)
     if state in RESULTS:
         return Decision("skip", state)
-    if state in ("pending", "running") and last_job and alive(last_job):
+    if state in MAY_HAVE_A_JOB and last_job and alive(last_job):
         return Decision("skip", f"{state} in job {last_job}")
     writer = holder(run_dir)
     if writer:  # its pool or launcher died, the job did not: it trains on, alone

@@ -24,6 +24,7 @@ from experiments.rundir import MANIFEST, LaunchError, ablation_dir, check_runs_r
 from runfolder import cli
 from runfolder.joblock import holder
 from runfolder.layout import ENV_RUNS_ROOT, runs_root
+from runfolder.states import MAY_HAVE_A_JOB
 
 GONE = "gone"  # not in squeue, and no accounting record
 
@@ -59,7 +60,7 @@ def mark_lost(rows: list[progress.RunRow], slurm: dict[str, str] | None,
     """A pending/running run whose job no longer exists will not progress by itself. A run
     whose folder lock a live job holds is running, whatever happened to its pool."""
     for r in rows:
-        if r.state not in ("pending", "running") or not r.job_id:
+        if r.state not in MAY_HAVE_A_JOB or not r.job_id:
             continue
         if directory is not None and holder(directory / r.run_id):
             continue

@@ -45,6 +45,7 @@ from experiments.rundir import (
 )
 from experiments.schema import register
 from moco3.config import ConfigError
+from runfolder.states import RESULTS
 
 register()
 
@@ -131,7 +132,7 @@ def run_single(cfg: DictConfig, scale: str) -> int:
     if summary.get("linear_top1") is not None:
         print(f"linear probe top-1: {summary['linear_top1']:.1f} %")
     print(f"metrics: {run_dir / 'metrics.jsonl'}; summary: {run_dir / 'summary.json'}")
-    return 0 if state in ("done", "diverged") else 1
+    return 0 if state in RESULTS else 1
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")

@@ -26,7 +26,9 @@ MOMENTUM_SCHEDULES = ("cosine", "constant")
 # How the memory bank draws its K negatives per step: "distinct" K different rows, never a
 # row of the step's own images (a small-N correction); "with_replacement" as Wu et al.
 BANK_SAMPLINGS = ("distinct", "with_replacement")
-DATASETS = ("synthetic", "textures", "digits", "cifar10", "cifar100", "stl10", "imagefolder",
+# Generated in memory (moco3/synthetic.py, moco3/textures.py): their size is data.num_train.
+GENERATED_DATASETS = ("synthetic", "textures")
+DATASETS = (*GENERATED_DATASETS, "digits", "cifar10", "cifar100", "stl10", "imagefolder",
             "imagenet100")
 OPTIMIZERS = ("adamw", "lars", "lamb")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -279,7 +281,7 @@ def validate(cfg: DictConfig) -> None:
                "vary them)." if cfg.model.arch == "resnet50" else
                " (a conv-stem arch); set model.patch_embed=conv_stem.")
         )
-    train_size = (cfg.data.num_train if cfg.data.name in ("synthetic", "textures")
+    train_size = (cfg.data.num_train if cfg.data.name in GENERATED_DATASETS
                   else _FIXED_TRAIN_SIZES.get(cfg.data.name))
     if train_size is not None:
         check_batch_fits(cfg, train_size)

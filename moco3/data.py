@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from moco3.config import DATASETS
+from moco3.config import DATASETS, GENERATED_DATASETS
 from moco3.synthetic import SHAPES, generate_shapes
 from moco3.textures import TEXTURES, generate_textures
 
@@ -294,7 +294,7 @@ def build_dataset(name: str = "synthetic", split: str = "train", root: str | Non
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     if split not in valid_splits:
         raise ValueError(f"unknown split {split!r} for {name}; valid: {', '.join(valid_splits)}")
-    if name in ("synthetic", "textures"):
+    if name in GENERATED_DATASETS:
         images, labels = _generated_tensors(name, split, img_size, num_train if split == "train"
                                             else num_val, seed)
         return ImageTensorDataset(images, labels, SHAPES if name == "synthetic" else TEXTURES)

@@ -133,10 +133,6 @@ def get_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
 @torch.no_grad()
 def concat_all_gather(t: torch.Tensor) -> torch.Tensor:
     """(N, ...) per rank -> (world*N, ...) in rank order, without gradient.

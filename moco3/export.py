@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from moco3 import checkpoint as ckpt
 from moco3 import export_layouts as layouts
 from moco3.augment import IMAGENET_MEAN, IMAGENET_STD
+from moco3.build import build_moco
 from moco3.config import ConfigError, config_hash, load_run_config
 from moco3.model import MoCo
-from moco3.train import build_moco
 from runfolder import cli
 
 FORMATS = layouts.FORMATS

@@ -29,9 +29,8 @@ class Negatives(nn.Module, ABC):
     """Contrastive loss of one direction plus the state its negatives come from."""
 
     # Whether the keys come from a momentum encoder (False: the training step takes the
-    # keys from the base encoder) and whether they must keep their gradient.
+    # keys from the base encoder).
     needs_momentum_encoder: bool = True
-    keys_need_grad: bool = False
 
     def __init__(self, tau: float, scale_by_2tau: bool = True) -> None:
         super().__init__()
@@ -61,7 +60,6 @@ class EndToEndNegatives(Negatives):
     gradient through the gather, so the dictionary is capped by the global batch."""
 
     needs_momentum_encoder = False
-    keys_need_grad = True
 
     def loss(self, q: torch.Tensor, k: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         # Choice: the gradient flows into the keys of every rank (differentiable gather),
@@ -221,3 +219,18 @@ def build_negatives(
         return MemoryBankNegatives(dim, tau, scale_by_2tau, queue_size, num_samples,
                                    bank_momentum, bank_sampling)
     raise ValueError(f"unknown negatives mechanism {mechanism!r}; valid: {', '.join(MECHANISMS)}")
+
+
+_CLASSES: dict[str, type[Negatives]] = {
+    "in_batch": InBatchNegatives, "end_to_end": EndToEndNegatives,
+    "queue": QueueNegatives, "memory_bank": MemoryBankNegatives,
+}
+
+
+def needs_momentum_encoder(mechanism: str) -> bool:
+    """Whether the keys of `mechanism` come from a momentum encoder (the model builds one
+    only then); its class says so."""
+    if mechanism not in _CLASSES:
+        raise ValueError(f"unknown negatives mechanism {mechanism!r}; "
+                         f"valid: {', '.join(MECHANISMS)}")
+    return _CLASSES[mechanism].needs_momentum_encoder

@@ -27,10 +27,8 @@ import os
 
 import torch
 
-from moco3.config import ConfigError
+from moco3.config import PRECISIONS, ConfigError
 
-PRECISIONS = ("fp32", "bf16", "fp16")  # what `auto` resolves to
-REQUESTABLE = ("auto", *PRECISIONS)
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
 }
@@ -90,9 +88,9 @@ def cuda_has_native_bf16() -> bool:
 
 def resolve_precision(requested: str, device: torch.device) -> str:
     """`requested` (auto | fp32 | bf16 | fp16) -> the precision to train in on `device`."""
-    if requested not in REQUESTABLE:
+    if requested not in PRECISIONS:
         raise ConfigError(f"precision {requested!r} is not valid; choose one of "
-                             f"{list(REQUESTABLE)}.")
+                             f"{list(PRECISIONS)}.")
     if requested == "fp16" and device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device; use auto, bf16 or fp32 on "
                              "CPU.")

@@ -10,7 +10,6 @@ after every epoch.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,13 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from moco3 import checkpoint as ckpt
 from moco3.augment import ProbeTrainTransform
+from moco3.build import (
+    build_moco,
+    build_split,
+    eval_transform,
+    pick_device,
+    use_fused_attention,
+)
 from moco3.config import ConfigError, config_hash, to_run_config
 from moco3.data import IndexedTransformDataset
 from moco3.dist import get_rank, get_world_size
@@ -31,19 +37,8 @@ from moco3.loggers import build_loggers
 from moco3.precision import autocast_dtype, resolve_precision
 from moco3.preemption import PreemptionFlag
 from moco3.runlog import RunLog
-from moco3.train import (
-    build_moco,
-    build_split,
-    eval_transform,
-    pick_device,
-    use_fused_attention,
-)
+from moco3.schedules import probe_lr
 from moco3.workers import resolve_num_workers
-
-
-def probe_lr(lr_base: float, batch: int, epoch: int, epochs: int) -> float:
-    """Official per-epoch cosine without warmup: lr_base*batch/256 * 0.5*(1+cos(pi*e/E))."""
-    return lr_base * batch / 256 * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
 class LinearHead(nn.Module):

@@ -38,6 +38,12 @@ def momentum_at(step: float, total_steps: float, m0: float, schedule: str = "cos
     raise ValueError(f"unknown momentum schedule {schedule!r}; valid: cosine, constant")
 
 
+def probe_lr(lr_base: float, batch: int, epoch: int, epochs: int) -> float:
+    """The linear probe's lr at `epoch`: the official per-epoch cosine without warmup,
+    lr_base*batch/256 * 0.5*(1+cos(pi*e/E))."""
+    return scaled_lr(lr_base, batch) * _cosine(epoch, epochs)
+
+
 def wd_at(step: float, total_steps: float, wd: float, wd_end: float | None = None) -> float:
     """Weight decay: constant wd (official MoCo v3), or cosine from wd to wd_end."""
     if wd_end is None:

@@ -28,14 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from moco3 import checkpoint as ckpt
-from moco3.augment import EvalTransform, TwoViewTransform
-from moco3.config import ConfigError, changed_keys, config_hash, to_run_config
-from moco3.data import IndexedTransformDataset, build_dataset, eval_crop_fraction
+from moco3.augment import TwoViewTransform
+from moco3.build import build_moco, build_split, eval_transform, pick_device, use_fused_attention
+from moco3.config import ConfigError, changed_keys, check_batch_fits, config_hash, to_run_config
+from moco3.data import IndexedTransformDataset
 from moco3.dist import get_rank, get_world_size
 from moco3.knn import extract_features, weighted_knn_top1
 from moco3.loader import StepBatchSampler, epoch_loader
 from moco3.loggers import build_loggers
-from moco3.model import MoCo, build_model
 from moco3.monitor import InstabilityMonitor
 from moco3.negatives import Negatives, build_negatives
 from moco3.optim import build_optimizer
@@ -46,61 +46,8 @@ from moco3.runlog import RunLog
 from moco3.schedules import lr_at, momentum_at, scaled_lr, wd_at
 from moco3.step import MocoStep
 from moco3.workers import resolve_num_workers
+from runfolder.fields import GRAD_GROUPS, LAST_LAYER_GROUP, first_layer_group
 from runfolder.negatives import negatives_per_query
-
-GROUPS = ("patch_embed", "first_block", "last_block", "heads")
-VIT_KEYS = ("img_size", "patch_size", "depth", "embed_dim", "num_heads", "patch_embed",
-            "pos_embed", "pooling", "final_norm", "drop_path_rate")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device=cuda but no CUDA device is visible; use auto or cpu.")
-        index = torch.cuda.current_device() if torch_dist.is_initialized() else 0
-        return torch.device("cuda", index)
-    return torch.device("cpu")
-
-
-def build_moco(cfg: DictConfig, global_bn: bool) -> MoCo:
-    """The MoCo model of a run config."""
-    m = cfg.model
-    vit = {} if m.arch == "resnet50" else {k: m[k] for k in VIT_KEYS if m[k] is not None}
-    uses_momentum = cfg.moco.negatives in ("in_batch", "queue")
-    return build_model(m.arch, dim=m.dim, mlp_dim=m.mlp_dim, head_bn=m.head_bn,
-                       predictor=m.predictor, momentum_encoder=uses_momentum,
-                       global_bn=global_bn, **vit)
-
-
-def build_split(cfg: DictConfig, split: str) -> Any:
-    """The run's dataset split: items (uint8 image (3,H,W), label)."""
-    d = cfg.data
-    return build_dataset(d.name, split, root=d.root, img_size=cfg.model.img_size,
-                         num_train=d.num_train, num_val=d.num_val, seed=d.seed,
-                         download=d.download, class_list=d.class_list)
-
-
-def eval_transform(cfg: DictConfig) -> EvalTransform:
-    """Resize + centre crop + normalise for kNN and probe features."""
-    return EvalTransform(cfg.model.img_size, eval_crop_fraction(cfg.data.name, cfg.data.eval_crop))
-
-
-def fused_attention_is_faster(device: torch.device, precision: str) -> bool:
-    """Which attention kernel a run uses: the same math, chosen by measurement
-    (benchmarks/train_step.py). Fused (scaled_dot_product_attention) on GPUs, and on CPUs
-    in fp32, where torch's CPU flash kernel beat the explicit softmax(q k^T) v by 5-10 % on
-    an AVX2 EPYC; explicit on CPUs in bf16, where the flash kernel was the slower one (an
-    AVX-512 BF16 Xeon: a bf16 step 1.19 s fused vs 0.91 s explicit)."""
-    return device.type == "cuda" or precision == "fp32"
-
-
-def use_fused_attention(model: nn.Module, device: torch.device, precision: str = "fp32"
-                        ) -> None:
-    """Set every attention layer of `model` to the kernel that is faster here."""
-    fused = fused_attention_is_faster(device, precision)
-    for module in model.modules():
-        if hasattr(module, "set_fused_attention"):
-            module.set_fused_attention(fused)
 
 
 def _peak_mem_mb(device: torch.device) -> float:
@@ -199,13 +146,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.monitor = InstabilityMonitor(cfg.train.spike_factor, cfg.train.spike_window,
                                           dip_points=cfg.train.dip_points)
-        self.groups = {k: v for k, v in self.model.grad_groups().items() if k in GROUPS}
+        self.groups = {k: v for k, v in self.model.grad_groups().items() if k in GRAD_GROUPS}
+        check_batch_fits(cfg, len(self.train_set))
         self.steps_per_epoch = len(self.train_set) // cfg.train.batch_size
-        if self.steps_per_epoch < 1:
-            raise ConfigError(
-                f"train.batch_size={cfg.train.batch_size} is larger than the training set "
-                f"({len(self.train_set)} images); lower it or use more data."
-            )
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.net: nn.Module = self.model
@@ -561,7 +504,7 @@ class Trainer:
 
     def summary(self, state: str, diverged_step: int | None = None) -> dict[str, Any]:
         last = self.last_train_row or {}
-        first_group = "patch_embed" if self._group_trains("patch_embed") else "first_block"
+        first_group = first_layer_group(self._group_trains(GRAD_GROUPS[0]))
         dips = self.monitor.dips
         return {
             "state": state, "step": self.step, "total_steps": self.total_steps,
@@ -569,7 +512,7 @@ class Trainer:
             "knn_top1_pixels": self.knn_pixels,
             "num_knn_dips": dips.num_dips, "max_knn_dip": dips.max_drop,
             "num_spikes_first": self.monitor.spikes.get(first_group, 0),
-            "num_spikes_last": self.monitor.spikes.get("last_block", 0),
+            "num_spikes_last": self.monitor.spikes.get(LAST_LAYER_GROUP, 0),
             "spikes_by_group": dict(self.monitor.spikes), "diverged_step": diverged_step,
             "skipped_steps": self.monitor.skipped_steps,
             "final_loss": last.get("loss"), "train_seconds": self.timer.total,

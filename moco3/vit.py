@@ -209,7 +209,7 @@ class VisionTransformer(nn.Module):
     def set_fused_attention(self, enabled: bool) -> None:
         """F.scaled_dot_product_attention (True) or timm's explicit softmax(q k^T) v (False):
         the same math; which one is faster depends on the device and the precision
-        (moco3.train.fused_attention_is_faster)."""
+        (moco3.build.fused_attention_is_faster)."""
         for blk in self.blocks:
             blk.attn.fused_attn = enabled
 

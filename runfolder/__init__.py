@@ -22,7 +22,8 @@ neither experiments nor analysis. This package imports only the standard library
 report can be rebuilt anywhere from copied logs.
 
     layout       file and folder names
-    states       run states, and which of them are finished
+    states       run states, their groupings (finished, trained, ended) and display order
+    fields       status.json and summary.json keys, gradient groups, the first-layer rule
     rows         row kinds, their keys, which rows a resume recomputes, JSON encoding
     atomic       whole-file writes that a crash or a full disk can never leave half-done
     joblock      the run folder's single-writer lock, and who holds it

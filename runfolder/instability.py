@@ -100,14 +100,6 @@ class SpikeDetector:
         self.ordered = sorted(self.recent)
 
 
-def find_spikes(series: Sequence[float | None], factor: float = SPIKE_FACTOR,
-                window: int = SPIKE_WINDOW, min_history: int = SPIKE_MIN_HISTORY
-                ) -> list[int]:
-    """Indices of the spikes of `series`, as the job finds them step by step."""
-    detector = SpikeDetector(factor, window, min_history)
-    return [i for i, value in enumerate(series) if detector.check(value) is not None]
-
-
 @dataclass
 class Dip:
     """A dip's start: the value, the running max it fell from, and the threshold crossed."""

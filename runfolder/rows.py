@@ -31,12 +31,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+from runfolder.fields import GRAD_GROUPS
+
 COMMON_KEYS = frozenset({"kind", "step", "epoch", "images_seen"})
 TIMING_KEYS = frozenset({"sec_per_step", "img_per_sec", "peak_mem_mb"})
 KEYS: dict[str, frozenset[str]] = {
     "train": COMMON_KEYS | TIMING_KEYS | {
-        "loss", "lr", "wd", "momentum", "tau", "grad_norm", "grad_norm_patch_embed",
-        "grad_norm_first_block", "grad_norm_last_block", "grad_norm_heads",
+        "loss", "lr", "wd", "momentum", "tau", "grad_norm",
+        *(f"grad_norm_{group}" for group in GRAD_GROUPS),
     },
     "knn": COMMON_KEYS | {"knn_top1"},
     "probe": COMMON_KEYS | {"probe_epoch", "probe_loss", "probe_top1", "lr"},

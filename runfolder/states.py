@@ -17,3 +17,16 @@ RESULTS = ("done", "diverged")
 # No job is going to move these any further: results and failures. A launch that waits
 # for its runs stops waiting once every run is in one of these.
 ENDED = (*RESULTS, "failed")
+# What a reader shows for a run folder whose status.json is missing or unreadable; no job
+# ever writes it.
+UNKNOWN = "unknown"
+# Runs with their final numbers (the accuracy tables).
+FINISHED = ("done",)
+# Pre-training reached its end, normally or by diverging (curves, instability counts).
+TRAINED = RESULTS
+# Started and not ended: the job is at it, or a relaunch resumes it from its checkpoint.
+IN_PROGRESS = ("running", "preempted")
+# States a live job may hold: queued for one (pending) or being run (running).
+MAY_HAVE_A_JOB = ("pending", "running")
+# The order in which reports list states.
+DISPLAY_ORDER = ("done", "diverged", "failed", "running", "preempted", "pending", UNKNOWN)

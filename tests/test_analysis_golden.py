@@ -23,7 +23,7 @@ import yaml
 from analysis import tables
 from analysis.collect import collect
 from analysis.report import NothingToReport, build_report
-from runfolder.instability import find_spikes
+from runfolder.instability import SpikeDetector
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,8 @@ def write_run(
                          "knn_top1": knn[i]})
     # The job checks every step and writes an event per spike (here every step is logged).
     for group, series in (("first_block", first), ("last_block", last)):
-        for i in find_spikes(series or []):
+        detector = SpikeDetector()
+        for i in [i for i, v in enumerate(series or []) if detector.check(v) is not None]:
             rows.append({"kind": "event", "step": i, "epoch": i / 2, "images_seen": 8 * i,
                          "event": "grad_spike", "group": group, "value": _clean(series[i])})
     for e, top1 in enumerate(probe, start=1):

@@ -25,7 +25,6 @@ from moco3.dist import (
     get_rank,
     get_world_size,
     init_distributed,
-    is_main_process,
     rank_hosts,
 )
 from moco3.loss import infonce, infonce_with_negatives
@@ -155,7 +154,7 @@ def _torchrun_worker(rank: int, port: int) -> None:
     try:
         assert info == DistInfo(rank, WORLD, rank, torch.device("cpu"))
         assert dist.get_backend() == "gloo"
-        assert (get_rank(), get_world_size(), is_main_process()) == (rank, WORLD, rank == 0)
+        assert (get_rank(), get_world_size()) == (rank, WORLD)
         assert init_distributed() == info  # idempotent
         assert rank_hosts() == [socket.gethostname()] * WORLD  # one host here, every rank
         _check_gathers(rank)
@@ -211,7 +210,7 @@ def test_single_process_gets_no_process_group(no_launcher):
     no_launcher.setenv("SLURM_JOB_ID", "7")
     no_launcher.setenv("SLURM_NTASKS", "1")  # a one-task SLURM job: nothing to join
     assert init_distributed().world_size == 1 and not dist.is_initialized()
-    assert (get_rank(), get_world_size(), is_main_process()) == (0, 1, True)
+    assert (get_rank(), get_world_size()) == (0, 1)
 
 
 def test_gathers_are_identity_without_process_group():

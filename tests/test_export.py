@@ -27,11 +27,11 @@ from torchvision.models import resnet50
 
 from moco3 import checkpoint as ckpt
 from moco3 import export_layouts as layouts
+from moco3.build import build_moco
 from moco3.config import config_hash, to_run_config
 from moco3.export import main, sidecar_path
 from moco3.export_layouts import ViTSpec, deit_arch, official_arch_notes
 from moco3.model import MoCo
-from moco3.train import build_moco
 from moco3.vit import ConvStem
 
 torch.set_num_threads(1)

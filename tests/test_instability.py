@@ -8,7 +8,21 @@ import random
 
 import pytest
 
-from runfolder.instability import DipTracker, SpikeDetector, find_dips, find_spikes, max_dip
+from runfolder.instability import (
+    SPIKE_FACTOR,
+    SPIKE_MIN_HISTORY,
+    SPIKE_WINDOW,
+    DipTracker,
+    SpikeDetector,
+    find_dips,
+    max_dip,
+)
+
+
+def find_spikes(series, factor=SPIKE_FACTOR, window=SPIKE_WINDOW, min_history=SPIKE_MIN_HISTORY):
+    """Indices of the spikes of `series`, fed to one SpikeDetector step by step as the job does."""
+    detector = SpikeDetector(factor, window, min_history)
+    return [i for i, value in enumerate(series) if detector.check(value) is not None]
 
 
 def is_spike(history: list[float], value: float, factor: float = 4.0, window: int = 20,

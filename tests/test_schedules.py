@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from moco3.schedules import lr_at, momentum_at, scaled_lr, wd_at
+from moco3.schedules import lr_at, momentum_at, probe_lr, scaled_lr, wd_at
 
 
 def test_scaled_lr():
@@ -64,3 +64,10 @@ def test_weight_decay_constant_and_cosine():
     assert wd_at(0, 100, 0.04, 0.4) == pytest.approx(0.04)
     assert wd_at(50, 100, 0.04, 0.4) == pytest.approx(0.22)
     assert wd_at(100, 100, 0.04, 0.4) == pytest.approx(0.4)
+
+
+def test_probe_lr_is_the_official_per_epoch_cosine():
+    for epoch in range(90):
+        official = 0.1 * 1024 / 256 * 0.5 * (1.0 + math.cos(math.pi * epoch / 90))
+        assert probe_lr(0.1, 1024, epoch, 90) == pytest.approx(official, rel=1e-12)
+    assert probe_lr(0.1, 256, 0, 90) == 0.1
