@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cli.invoked_as(PROG)}: error: {err}", file=sys.stderr)
         return 2
     if not root.is_dir():
-        print(f"status.py: error: no runs root at {root.absolute()}; launch a study first, or "
-              f"point runs_root= (or ${ENV_RUNS_ROOT}) at the folder that holds its runs.",
-              file=sys.stderr)
+        print(f"{cli.invoked_as(PROG)}: error: no runs root at {root.absolute()}; launch a "
+              f"study first, or point runs_root= (or ${ENV_RUNS_ROOT}) at the folder that "
+              "holds its runs.", file=sys.stderr)
         return 2
     if args.ablation:
         try:

@@ -55,7 +55,9 @@ def make_run(run_dir: Path, negatives: str = "in_batch", step: int = 12,
     encoder apart from the base encoder), so that a wrong mapping cannot go unnoticed."""
     base = TINY if model.get("arch", "vit_tiny") != "resnet50" else {
         "img_size": 32, "mlp_dim": 16, "dim": 8}  # a ResNet-50 takes no ViT switches
-    cfg = to_run_config({"model": {**base, **model}, "moco": {"negatives": negatives},
+    # K 256: the memory bank's K distinct negatives must fit in the 10,000 synthetic images.
+    cfg = to_run_config({"model": {**base, **model},
+                         "moco": {"negatives": negatives, "queue_size": 256},
                          "train": {"batch_size": 4}})
     torch.manual_seed(0)
     moco = build_moco(cfg, global_bn=False)

@@ -484,7 +484,7 @@ def test_every_command_takes_the_runs_root_the_same_way(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")
     commands = [
-        (STATUS, [], f"no ablations under {missing}"),
+        (STATUS, [], f"no runs root at {missing}"),
         (REPO / "analysis" / "report.py", [], f"The runs root '{missing}' does not exist"),
         (REPO / "moco3" / "tensorboard.py", [], f"{missing} is not a folder"),
         (REPO / "moco3" / "export.py", ["a/seed=0", "--format", "timm"],
