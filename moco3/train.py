@@ -126,23 +126,7 @@ class Trainer:
             # torch's SyncBatchNorm refuses to run; there the heads use GlobalBatchNorm1d and
             # backbone BN stays per-rank (Divergence: CPU multi-process only).
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.negatives: Negatives = build_negatives(
-            cfg.moco.negatives, dim=cfg.model.dim, tau=cfg.moco.tau,
-            scale_by_2tau=cfg.moco.scale_by_2tau, queue_size=cfg.moco.queue_size,
-            num_samples=len(self.train_set), bank_momentum=cfg.moco.bank_momentum,
-            bank_sampling=cfg.moco.bank_sampling,
-        ).to(self.device)
-        # The real K: what each query's logits hold besides its positive (the paper's label
-        # names K at the paper's scale; the report plots this number).
-        self.negatives_per_query = negatives_per_query(
-            cfg.moco.negatives, cfg.train.batch_size, cfg.moco.queue_size)
-        self.peak_lr = scaled_lr(cfg.optim.base_lr, cfg.train.batch_size)
-        self.optimizer = build_optimizer(
-            cfg.optim.name, self.model.named_parameters(), lr=self.peak_lr,
-            weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas),
-            momentum=cfg.optim.momentum, trust_coefficient=cfg.optim.trust_coefficient,
-            exclude_norm_bias=cfg.optim.exclude_norm_bias,
-        )
+        self._build_objective()
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.monitor = InstabilityMonitor(cfg.train.spike_factor, cfg.train.spike_window,
                                           dip_points=cfg.train.dip_points)
@@ -169,6 +153,27 @@ class Trainer:
         self.pending: list[tuple[int, Tensor, Tensor]] = []  # (step, loss, norms) not logged
         self.last_save = time.monotonic()
         self.save_by_time = False
+
+    def _build_objective(self) -> None:
+        """Where the negatives come from, and the optimizer at the scaled peak lr."""
+        cfg = self.cfg
+        self.negatives: Negatives = build_negatives(
+            cfg.moco.negatives, dim=cfg.model.dim, tau=cfg.moco.tau,
+            scale_by_2tau=cfg.moco.scale_by_2tau, queue_size=cfg.moco.queue_size,
+            num_samples=len(self.train_set), bank_momentum=cfg.moco.bank_momentum,
+            bank_sampling=cfg.moco.bank_sampling,
+        ).to(self.device)
+        # The real K: what each query's logits hold besides its positive (the paper's label
+        # names K at the paper's scale; the report plots this number).
+        self.negatives_per_query = negatives_per_query(
+            cfg.moco.negatives, cfg.train.batch_size, cfg.moco.queue_size)
+        self.peak_lr = scaled_lr(cfg.optim.base_lr, cfg.train.batch_size)
+        self.optimizer = build_optimizer(
+            cfg.optim.name, self.model.named_parameters(), lr=self.peak_lr,
+            weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas),
+            momentum=cfg.optim.momentum, trust_coefficient=cfg.optim.trust_coefficient,
+            exclude_norm_bias=cfg.optim.exclude_norm_bias,
+        )
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, stop_at_step: int | None = None) -> str:
