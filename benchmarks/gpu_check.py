@@ -169,7 +169,10 @@ from benchmarks.train_step import (  # noqa: E402
 )
 from moco3 import checkpoint as ckpt  # noqa: E402
 from moco3.augment import TwoViewTransform  # noqa: E402
-from moco3.build import fused_attention_is_faster, use_fused_attention  # noqa: E402
+from moco3.build import (  # noqa: E402
+    fused_attention_is_faster,
+    use_fastest_step,
+)
 from moco3.config import to_run_config  # noqa: E402
 from moco3.data import IndexedTransformDataset, build_dataset  # noqa: E402
 from moco3.loader import StepBatchSampler, epoch_loader  # noqa: E402
@@ -1381,7 +1384,7 @@ def build_ours(ctx: Context, arch: str, batch: int, compiled: bool) -> Bench:
     torch.manual_seed(0)
     model = build_model(arch, dim=p.speed_heads[1], mlp_dim=p.speed_heads[0],
                         **p.speed_model).to(device)
-    use_fused_attention(model, device)
+    use_fastest_step(model, device, resolve_precision("auto", device))
     optimizer = build_optimizer("adamw", model.named_parameters(),
                                 lr=scaled_lr(BASE_LR, batch), weight_decay=WEIGHT_DECAY)
     negatives = build_negatives("in_batch", dim=p.speed_heads[1], tau=TAU).to(device)

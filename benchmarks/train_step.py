@@ -26,8 +26,9 @@ moment slows all of them alike):
   current timm (fused scaled_dot_product_attention), which is what the official code runs
   in a current environment. Its speed against the real official code on the same machine
   is in the README;
-* moco3 fp32: the step the training job runs (moco3/step.py, moco3.train's attention
-  choice) at the same precision - what the levers that keep the math identical give alone;
+* moco3 fp32: the step the training job runs (moco3/step.py, moco3.build's attention
+  and view-batching choices) at the same precision - what the levers that keep the math
+  identical give alone;
 * moco3 at the default precision (`train.precision: auto`): printed when it differs from
   fp32 (bf16 on CUDA and on CPUs with AVX-512 BF16 / AMX).
 
@@ -59,7 +60,11 @@ from benchmarks.official_code import (  # noqa: E402
     official_step,
 )
 from moco3.archs import VIT_ARCHS  # noqa: E402
-from moco3.build import fused_attention_is_faster  # noqa: E402
+from moco3.build import (  # noqa: E402
+    fused_attention_is_faster,
+    use_fastest_step,
+    views_batched_is_faster,
+)
 from moco3.model import MoCo, build_model  # noqa: E402
 from moco3.negatives import build_negatives  # noqa: E402
 from moco3.optim import build_optimizer  # noqa: E402
@@ -177,7 +182,7 @@ def ours(args: argparse.Namespace, device: torch.device, precision: str
          ) -> Callable[[], torch.Tensor]:
     """moco3's step, as the training job builds it, at `precision`."""
     model = make_model(args, device)
-    set_fused_attention(model, fused_attention_is_faster(device, precision))
+    use_fastest_step(model, device, precision)
     neg = build_negatives("in_batch", dim=args.dim, tau=0.2)
     opt = build_optimizer("adamw", model.named_parameters(), lr=1e-4, weight_decay=0.1)
     net = torch.compile(model) if args.compile else model
@@ -249,7 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.arch} depth {args.depth} {args.img_size}px/{args.patch_size}, heads "
           f"{args.mlp_dim}/{args.dim}, batch {args.batch}; precision auto -> "
           f"{resolve_precision('auto', device)} here; attention: "
-          + ("fused" if fused_attention_is_faster(device, precision) else "explicit"))
+          + ("fused" if fused_attention_is_faster(device, precision) else "explicit")
+          + "; views: " + ("one batch of 2B" if views_batched_is_faster(device, precision)
+                           else "one at a time"))
 
     steps = {}
     stand_in = "official-structure stand-in, fp32"

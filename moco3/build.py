@@ -69,3 +69,23 @@ def use_fused_attention(model: nn.Module, device: torch.device, precision: str =
     for module in model.modules():
         if hasattr(module, "set_fused_attention"):
             module.set_fused_attention(fused)
+
+
+def views_batched_is_faster(device: torch.device, precision: str) -> bool:
+    """Whether a BN-free backbone takes the two views as one batch of 2B (one larger matmul
+    per layer) or one view at a time, as the official code does: the same math, chosen by
+    measurement (benchmarks/train_step.py, 2 threads, against the real official step). 2B on
+    GPUs, in bf16, and on AVX2 CPUs; one view at a time in fp32 on CPUs with AVX-512, where
+    the 2B batch's activations spill out of cache and the memory-bound ops (GELU, copies)
+    ran 4x slower (an AMD EPYC with AVX-512 BF16, 32 px ViT: 0.95x the official step batched
+    against 1.04x apart; bf16: 2.46x batched against 2.32x apart)."""
+    if device.type == "cuda" or precision != "fp32":
+        return True
+    return not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def use_fastest_step(model: MoCo, device: torch.device, precision: str) -> None:
+    """The attention kernel and the view batching that are faster here (same math)."""
+    use_fused_attention(model, device, precision)
+    if model.batch_views:  # a backbone with BN must see each view alone: never batched
+        model.batch_views = views_batched_is_faster(device, precision)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Subset
 
 from moco3 import checkpoint as ckpt
 from moco3.augment import TwoViewTransform
-from moco3.build import build_moco, build_split, eval_transform, pick_device, use_fused_attention
+from moco3.build import build_moco, build_split, eval_transform, pick_device, use_fastest_step
 from moco3.config import ConfigError, changed_keys, check_batch_fits, config_hash, to_run_config
 from moco3.data import IndexedTransformDataset
 from moco3.dist import get_rank, get_world_size
@@ -120,7 +120,7 @@ class Trainer:
         random.seed(cfg.seed)
         self._build_data()
         self.model = build_moco(cfg, global_bn=self.world > 1).to(self.device)
-        use_fused_attention(self.model, self.device, self.precision)
+        use_fastest_step(self.model, self.device, self.precision)
         if self.world > 1 and self.device.type == "cuda":
             # Official: SyncBN everywhere under DDP (the R50 and conv-stem backbones). On CPU
             # torch's SyncBatchNorm refuses to run; there the heads use GlobalBatchNorm1d and
