@@ -104,8 +104,12 @@ def test_a_two_node_run_equals_one_process_at_twice_the_per_task_batch(
                                torch.tensor([r["loss"] for r in _train_rows(one)]))
     a, b = _weights(one), _weights(two)
     assert a.keys() == b.keys()
+    # The weights to 1e-4 absolute: AdamW divides by sqrt(v), so a parameter whose gradient is
+    # near zero (a BN bias) turns the two reductions' rounding into updates of up to ~lr; seen
+    # here once at 1.4e-5 in one of 512 elements after 8 steps, with equal losses.
     for key in a:
-        torch.testing.assert_close(b[key].float(), a[key].float(), msg=key)
+        torch.testing.assert_close(b[key].float(), a[key].float(), atol=1e-4, rtol=1.3e-6,
+                                   msg=lambda m, k=key: f"{k}: {m}")
 
 
 def test_a_requeued_two_node_job_resumes_without_lost_or_repeated_steps(
