@@ -18,8 +18,12 @@ from moco3.config import GENERATED_DATASETS
 REF_GPU_HOURS = 24.0 * 128  # ViT-B/16, 100 epochs, ImageNet-1k
 REF_EPOCHS = 100
 REF_IMAGES = 1_281_167
-# Effective CPU training throughput in FLOP/s per core: 3.3e9 * 34 / 2 (fp32, measured).
-CPU_FLOPS_PER_CORE = {"fp32": 56e9, "bf16": 100e9, "fp16": 56e9}
+# Effective CPU training throughput in FLOP/s per core (one thread per run), measured on the
+# mini scale's ViT (patch 4, width 48, batch 128; 0.15 GFLOP per training image): bf16 on an
+# AMD EPYC with AVX-512 BF16, 0.49 s a step = 40e9; fp32 there ~29e9, and ~16e9 on an AVX2
+# EPYC (the committed fp32 mini runs). Small models use a core far below its peak, so these
+# are what a CPU study's estimate needs; fp32 takes a value between the two CPU kinds.
+CPU_FLOPS_PER_CORE = {"fp32": 20e9, "bf16": 40e9, "fp16": 20e9}
 # Training-set sizes of the named datasets (synthetic: data.num_train). An ImageFolder is
 # assumed to be ImageNet-1k.
 TRAIN_IMAGES = {"imagefolder": REF_IMAGES, "imagenet100": 126_689, "cifar10": 50_000,
@@ -117,13 +121,36 @@ def train_images(cfg: Any) -> int:
     return TRAIN_IMAGES.get(cfg.data.name, REF_IMAGES)
 
 
-def run_flops(cfg: Any) -> float:
-    """Total FLOPs of pre-training and (if enabled) the linear probe of one run config."""
+def knn_flops(cfg: Any) -> float:
+    """FLOPs of the kNN monitor: at step 0, every knn_every steps and at the end, one
+    backbone forward of the knn_memory training images and the knn_queries held-out images.
+    At a dense cadence (a stability ladder's every 5 steps) it is a large part of a run."""
+    t = cfg.train
+    if not t.knn_every:
+        return 0.0
     images = train_images(cfg)
-    total = train_flops_per_image(cfg.model) * images * cfg.train.epochs
-    if cfg.probe.enabled:
-        total += 2.0 * backbone_macs(cfg.model)[0] * images * cfg.probe.epochs
-    return total
+    steps = int(t.epochs) * max(1, images // int(t.batch_size))
+    queries = int(t.knn_queries)
+    if cfg.data.name in GENERATED_DATASETS:
+        queries = min(queries, int(cfg.data.num_val))
+    per_evaluation = min(int(t.knn_memory), images) + queries
+    return 2.0 * backbone_macs(cfg.model)[0] * per_evaluation * (steps // int(t.knn_every) + 2)
+
+
+def probe_flops(cfg: Any) -> float:
+    """FLOPs of the linear probe's backbone forwards. Without augmentation the probe computes
+    each training image's features once and trains the classifier on them (moco3/probe.py),
+    so its epochs cost almost nothing; with augmentation every epoch forwards every image."""
+    if not cfg.probe.enabled:
+        return 0.0
+    passes = cfg.probe.epochs if cfg.probe.augment else 1
+    return 2.0 * backbone_macs(cfg.model)[0] * train_images(cfg) * passes
+
+
+def run_flops(cfg: Any) -> float:
+    """Total FLOPs of one run config: pre-training, its kNN monitor and the linear probe."""
+    pretrain = train_flops_per_image(cfg.model) * train_images(cfg) * cfg.train.epochs
+    return pretrain + knn_flops(cfg) + probe_flops(cfg)
 
 
 def gpu_hours(cfg: Any) -> float:
@@ -132,7 +159,10 @@ def gpu_hours(cfg: Any) -> float:
     return REF_GPU_HOURS * run_flops(cfg) / ref
 
 
-def cpu_core_hours(cfg: Any) -> float:
-    """Estimated CPU core-hours of one run on a machine like the ones measured here."""
-    rate = CPU_FLOPS_PER_CORE.get(cfg.train.precision, CPU_FLOPS_PER_CORE["fp32"])
+def cpu_core_hours(cfg: Any, precision: str | None = None) -> float:
+    """Estimated CPU core-hours of one run on a machine like the ones measured here, in
+    `precision` (what `auto` resolves to on the CPU that will train; default: the config's
+    own value, fp32's rate for `auto`)."""
+    precision = precision or cfg.train.precision
+    rate = CPU_FLOPS_PER_CORE.get(precision, CPU_FLOPS_PER_CORE["fp32"])
     return run_flops(cfg) / rate / 3600.0

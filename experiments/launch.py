@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -58,6 +59,7 @@ from experiments.rundir import (
 )
 from experiments.schema import LAUNCHERS, LaunchConfig, LauncherConfig, register
 from moco3.config import ConfigError
+from moco3.precision import resolve_precision
 from runfolder.cli import invoked_as
 from runfolder.states import RESULTS
 from runfolder.study import write_study
@@ -264,7 +266,10 @@ def describe(runs: list[PlannedRun], decisions: dict[str, Decision], launcher: D
         total_gpu += gpu_h
         gpus = r.resources["gpus"]
         if gpus == 0:
-            total_cpu += cost.cpu_core_hours(r.config)
+            # The rate of the precision `auto` picks on this CPU (bf16 is ~2x fp32 where the
+            # CPU has native bf16 instructions): the runs train here when launched locally.
+            total_cpu += cost.cpu_core_hours(r.config, resolve_precision(
+                r.config.train.precision, torch.device("cpu")))
         d = decisions[r.run_id]
         rows.append([r.run_id, *(r.factors.get(n, "-") for n in names), str(r.seed), str(gpus),
                      str(slurm_jobs.node_layout(r.resources, launcher)[0]),

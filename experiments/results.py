@@ -153,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{study} did not finish (exit {code}); run this command again to resume it.",
                   file=sys.stderr)
             return code
-    commits = run_commits(runs_root, args.studies)
-    mixed = code_problem(commits)
+    # One code state per study: each study's comparisons are within its own runs, so its
+    # runs must share one clean commit; studies may differ (one study's design can depend on
+    # another's result, as patch_proj's edge lr on the stability ladder).
+    commits = {study: run_commits(runs_root, [study]) for study in args.studies}
+    mixed = "; ".join(f"{study}: {problem}" for study in args.studies
+                      if (problem := code_problem(commits[study])))
     if mixed and not reason:
         print(f"results.py: error: {mixed}; relaunch the other runs at one commit, or pass "
               "--allow-mixed-code \"REASON\" to write the page anyway (the reason is "
@@ -169,27 +173,29 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# How these results were made ({args.scale} scale)\n",
         f"* CPU: {cpu_description()}",
-        f"* Commit: {git.get('git_commit', 'unknown')}"
+        f"* Page written by the report at commit {git.get('git_commit', 'unknown')}"
         + (" (with uncommitted changes)" if git.get("git_dirty") else ""),
         f"* Date: {time.strftime('%Y-%m-%d')}",
         *([f"* Code state: {mixed}; written anyway because: {reason}"] if mixed else
           [f"* Code state: the checkout had uncommitted changes; written anyway because: "
            f"{reason}"] if git.get("git_dirty") else
-          [f"* Code state: every run ran commit {next(iter(commits))}"] if commits else
-          ["* Code state: no run recorded its commit"]),
+          ["* Code state: every run of a study ran that study's one clean commit (the "
+           "table's commit column)"]),
         "* Regenerate from scratch: `make results` (or the commands below, then the report);"
         " a stopped study resumes where it stopped.\n",
         "Wall time is this machine's clock over the study's launches, and counts whatever else"
         " ran meanwhile; the runs' own training time, summed and divided by the runs trained at"
         " once, is what the study costs on the machine alone (pre-training only: each run's"
         " probe adds seconds).\n",
-        "| study | command | wall time | runs' training time |", "|---|---|---:|---:|",
+        "| study | runs' commit | command | wall time | runs' training time |",
+        "|---|---|---|---:|---:|",
     ]
     for study, (command, _) in zip(args.studies, commands, strict=True):
         spent = times.get(study, [])
         wall = f"{sum(spent) / 60:.1f} min" + (f" over {len(spent)} invocations"
                                                if len(spent) > 1 else "")
-        lines.append(f"| {study} | `{command}` | {wall} | "
+        study_commits = ", ".join(sorted(commits[study])) or "not recorded"
+        lines.append(f"| {study} | {study_commits} | `{command}` | {wall} | "
                      f"{run_minutes(out / 'runs.csv', study)} |")
     lines.append(f"\nReport: `python analysis/report.py --runs-root {args.runs_root} --out "
                  f"{os.path.relpath(out, REPO)}" + "".join(f" --ablation {s}"

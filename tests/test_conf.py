@@ -178,15 +178,15 @@ def test_negatives_at_mini_vary_one_thing_per_comparison():
 
 
 def test_momentum_at_mini_moves_its_slowest_level():
-    """The momentum encoder of m = 0.999 (0.990 at mini, cosine to 1) keeps at most 5 % of
-    its initial weights by the end of the run: it has moved."""
+    """The momentum encoder of m = 0.999 (0.990 at mini, cosine to 1) keeps at most a quarter
+    of its initial weights by the end of the run: it has moved."""
     runs = {r.factors["momentum"]: r.config for r in _runs("momentum", "mini", ("seeds=[0]",))}
     assert [runs[k].moco.m0 for k in ("0", "0.9", "0.99", "0.999")] == pytest.approx(
         [0.0, 0.9 ** 10, 0.99 ** 10, 0.999 ** 10], abs=2e-3)
     c = runs["0.999"]
     total = _steps(c)
     kept = math.prod(momentum_at(t, total, c.moco.m0) for t in range(total))
-    assert kept <= 0.05
+    assert 0.1 < kept <= 0.25  # 22 % at mini's 300 steps
 
 
 def test_batch_size_at_mini_gives_the_largest_batch_steps_and_one_cadence_in_images():
@@ -402,9 +402,25 @@ def test_costs_follow_the_papers_anchor():
     assert cost.resnet50_macs(224) / 1e9 == pytest.approx(4.09, abs=0.01)
     assert cost.vit_macs(224, 16, 768, 12) / 1e9 == pytest.approx(17.56, abs=0.05)
     cfg = _runs("none", "paper")[0].config
-    cfg.train.epochs, cfg.probe.enabled = 100, False
+    knn_every = cfg.train.knn_every
+    # The anchor is the official pre-training, which has no kNN monitor and no probe.
+    cfg.train.epochs, cfg.probe.enabled, cfg.train.knn_every = 100, False, 0
     assert cost.gpu_hours(cfg) == pytest.approx(24 * 128)
     cfg.train.epochs = 300
     assert cost.gpu_hours(cfg) == pytest.approx(3 * 24 * 128)
+    cfg.train.knn_every = knn_every
+    assert cost.gpu_hours(cfg) > 3 * 24 * 128
     tiny = _runs("none")[0].config
     assert cost.gpu_hours(tiny) < 0.05 and cost.cpu_core_hours(tiny) > 0
+    assert cost.cpu_core_hours(tiny, "bf16") < cost.cpu_core_hours(tiny, "fp32")
+
+
+def test_a_probe_without_augmentation_forwards_each_image_once():
+    """It trains its classifier on features computed once (moco3/probe.py)."""
+    cfg = _runs("none", "mini")[0].config
+    cfg.probe.augment = False
+    once = cost.probe_flops(cfg)
+    cfg.probe.augment = True
+    assert cost.probe_flops(cfg) == pytest.approx(once * cfg.probe.epochs)
+    cfg.probe.enabled = False
+    assert cost.probe_flops(cfg) == 0

@@ -64,3 +64,24 @@ def test_results_refuses_mixed_code_before_writing_the_page(tmp_path, monkeypatc
     monkeypatch.setattr(results, "git_state", lambda repo: {"git_commit": "c", "git_dirty": 1})
     assert results.main(args) == 2
     assert "uncommitted changes" in capsys.readouterr().err
+
+
+def test_each_study_may_have_its_own_clean_commit_and_run_md_names_it(tmp_path, monkeypatch):
+    """patch_proj's edge lr comes from the stability ladder, so the two studies run at two
+    commits; each study's runs share one, and RUN.md names it beside the study."""
+    from experiments import results
+
+    monkeypatch.setattr(results, "git_state", lambda repo: {"git_commit": "c", "git_dirty": 0})
+    monkeypatch.setattr(results, "run_study", lambda *a: (["python", "launch.py"], 1.0, 0))
+    monkeypatch.setattr(results.subprocess, "run", lambda *a, **k: SimpleNamespace(
+        returncode=0, stdout="a CPU"))
+    _env(tmp_path / "runs", "a/x/seed=0", ("1" * 40, False))
+    _env(tmp_path / "runs", "a/y/seed=0", ("1" * 40, False))
+    _env(tmp_path / "runs", "b/x/seed=0", ("3" * 40, False))
+    out = tmp_path / "page"
+    out.mkdir()  # the report (faked here) writes the folder
+    assert results.main(["--studies", "a", "b", "--runs-root", str(tmp_path / "runs"),
+                         "--out", str(out)]) == 0
+    table = [line for line in (out / "RUN.md").read_text().splitlines()
+             if line.startswith(("| a ", "| b "))]
+    assert [row.split(" | ")[1] for row in table] == ["1" * 10, "3" * 10]
