@@ -36,7 +36,7 @@ from analysis.collect import Collection, factor_column
 from analysis.reference import reference_for
 from analysis.tables import METRIC_NAMES, AblationTable, level_sort_key
 from runfolder.instability import SPIKE_FACTOR, SPIKE_MIN_HISTORY, SPIKE_WINDOW
-from runfolder.states import TRAINED
+from runfolder.states import DIVERGED, DONE, TRAINED
 
 FORMATS = ("png", "pdf")  # every figure is written in each
 MAX_PANELS = 6
@@ -161,7 +161,7 @@ def prepare_knn(name: str, kind: str, ablation: str, runs: pd.DataFrame, knn: pd
     rows = rows.assign(x=rows[x].astype(float).round(6))
     agg = (rows.groupby(["panel", "hue", "x"], sort=True)["knn_top1"]
            .agg(["mean", "std", "count"]).reset_index())
-    ends = rows[rows["state"] == "diverged"].sort_values("x").groupby("run_dir").tail(1)
+    ends = rows[rows["state"] == DIVERGED].sort_values("x").groupby("run_dir").tail(1)
     ends = ends[["panel", "hue", "x", "knn_top1"]].sort_values(["panel", "hue", "x"])
     return FigureSpec(
         name=name, kind=kind, title=title, caption=caption,
@@ -319,7 +319,7 @@ def prepare_negatives(name: str, runs: pd.DataFrame, factors: list[str], metric:
     k_name = k_factor(factors)
     if k_name is None or "mechanism" not in factors:
         return None
-    done = runs[runs["state"] == "done"]
+    done = runs[runs["state"] == DONE]
     ours = _ours_against_real_k(done, k_name, metric)
     ref = reference_for("negatives")
     paper = pd.DataFrame(
@@ -370,7 +370,7 @@ def prepare_final(name: str, runs: pd.DataFrame, table: AblationTable, title: st
     })
     keep = _cap(list(summary["label"]), MAX_CATEGORIES, "factor values", notes)
     summary = summary[summary["label"].isin(keep)].reset_index(drop=True)
-    done = runs[runs["state"] == "done"]
+    done = runs[runs["state"] == DONE]
     dots = pd.DataFrame({"label": combo_labels(done, factors, False).to_numpy(),
                          "value": done[metric].to_numpy(dtype="float64")}).dropna()
     dots = dots[dots["label"].isin(keep)].reset_index(drop=True)

@@ -7,10 +7,10 @@ into 10,000 ``bytes`` objects and testing each costs ~10 ms of Python per run (1
 arrays costs ~1 ms, and only the ~1 % of lines that are not train rows become Python
 objects. numpy releases the GIL for this work, so runs can be scanned in threads.
 
-A line is *plainly* a train row when it starts with ``{"kind": "train"`` or
-``{"kind":"train"`` (how json.dumps and compact writers spell a row whose first key is
-kind). Every other non-blank line is returned to be parsed, so a writer with another key
-order is still read right, only slower.
+A line is *plainly* a train row when it starts with one of runfolder.rows.TRAIN_PREFIXES
+(``{"kind": "train"`` or ``{"kind":"train"``: how json.dumps and compact writers spell a row
+whose first key is kind). Every other non-blank line is returned to be parsed, so a writer
+with another key order is still read right, only slower.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TRAIN_PREFIXES = (b'{"kind": "train"', b'{"kind":"train"')
+from runfolder.rows import TRAIN_PREFIXES
+
 _WIDTH = max(len(p) for p in TRAIN_PREFIXES)
 # Each prefix as (its first 8 bytes, its last 8 bytes, where those start), little-endian.
 _PATTERNS = [(int.from_bytes(p[:8], "little"), int.from_bytes(p[-8:], "little"), len(p) - 8)
@@ -34,12 +35,13 @@ class LineScan:
     other: list[tuple[int, bytes]]  # (1-based line number, line) of non-blank non-train lines
     num_train: int  # lines that are plainly train rows
     last_train: bytes | None  # the last of them
+    last_train_at: int = 0  # its 1-based line number (0: none)
 
 
 def scan_lines(body: bytes) -> LineScan:
     """Classify the lines of ``body`` (whole lines: empty, or ending with a newline)."""
     if not body:
-        return LineScan([], 0, None)
+        return LineScan([], 0, None, 0)
     if not body.endswith(b"\n"):
         raise ValueError("scan_lines needs whole lines (the buffer must end with a newline)")
     data = np.frombuffer(body, dtype=np.uint8)
@@ -59,13 +61,13 @@ def scan_lines(body: bytes) -> LineScan:
             is_train |= ((words[np.minimum(starts, last)] == head)
                          & (words[np.minimum(starts + tail_at, last)] == tail))
     train_at = np.flatnonzero(is_train)
-    last = None
+    last, last_at = None, 0
     if len(train_at):
-        j = train_at[-1]
-        last = body[starts[j]:ends[j]]
+        j = int(train_at[-1])
+        last, last_at = body[starts[j]:ends[j]], j + 1
     other = []
     for j in np.flatnonzero(~is_train).tolist():
         line = body[starts[j]:ends[j]]
         if line.strip():
             other.append((j + 1, line))
-    return LineScan(other, len(train_at), last)
+    return LineScan(other, len(train_at), last, last_at)

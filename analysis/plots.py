@@ -27,6 +27,7 @@ from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from analysis.figuredata import FORMATS, FigureSpec  # noqa: E402
 from analysis.tables import METRIC_NAMES  # noqa: E402
+from runfolder.states import DIVERGED
 
 DPI = 150
 X_LABELS = {"epoch": "epoch", "images_seen": "images seen", "step": "step"}
@@ -88,7 +89,7 @@ def _draw_knn(spec: FigureSpec) -> Figure:
     labels = list(p["hues"])
     if not spec.frames["ends"].empty:
         handles.append(Line2D([], [], color="0.3", marker="x", ls="", markersize=7))
-        labels.append("diverged")
+        labels.append(DIVERGED)
     fig.legend(handles, labels, title=p["hue_title"], loc="outside right center")
     fig.suptitle(spec.title)
     return fig
@@ -130,7 +131,7 @@ def _draw_grad(spec: FigureSpec) -> Figure:
     labels = [*series, "spike"]
     if panels["diverged"].notna().any():
         handles.append(Line2D([], [], color="crimson", ls=":"))
-        labels.append("diverged")
+        labels.append(DIVERGED)
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels))
     fig.suptitle(spec.title)
     return fig

@@ -56,7 +56,15 @@ from analysis.collect import (  # noqa: E402
 from analysis.reference import REFERENCES  # noqa: E402
 from analysis.study import load_study  # noqa: E402
 from runfolder import cli  # noqa: E402
-from runfolder.states import DISPLAY_ORDER, IN_PROGRESS  # noqa: E402
+from runfolder.states import (  # noqa: E402
+    DISPLAY_ORDER,
+    DIVERGED,
+    DONE,
+    FAILED,
+    IN_PROGRESS,
+    PENDING,
+    UNKNOWN,
+)
 
 FIGURE_MANIFEST = ".figures.json"
 SKIPPED_LIST_CAP = 40
@@ -137,7 +145,7 @@ def floors_note(runs: pd.DataFrame, knn: pd.DataFrame | None = None) -> str:
     Overall and per level (the mean over its finished seeds): a study's levels include
     deliberately bad settings (a stress lr, m = 0), which pull the overall mean down without
     saying anything about what the method learns at a good one."""
-    done = runs[runs["state"] == "done"].dropna(subset=["knn_top1"]).set_index("run_dir")
+    done = runs[runs["state"] == DONE].dropna(subset=["knn_top1"]).set_index("run_dir")
     floors: dict[str, pd.Series] = {}  # name -> floor per run (indexed by run_dir)
     if "knn_top1_pixels" in done and done["knn_top1_pixels"].notna().any():
         floors["pixels"] = done["knn_top1_pixels"]
@@ -180,10 +188,10 @@ def _skipped_runs(runs: pd.DataFrame) -> list[str]:
     out = []
     for _, run in runs.iterrows():
         state = run["state"]
-        if state == "done" or (state == "unknown" and run["has_summary"]):
+        if state == DONE or (state == UNKNOWN and run["has_summary"]):
             continue
         where = f"{run['ablation']}/{run['run_id']}"
-        if state == "diverged":
+        if state == DIVERGED:
             step = run["diverged_step"]
             out.append(f"{where}: diverged at step {step if pd.notna(step) else '?'} "
                        "(instability counted, no accuracy)")
@@ -191,11 +199,11 @@ def _skipped_runs(runs: pd.DataFrame) -> list[str]:
             phase = run.get("phase")
             phase = f" ({phase})" if isinstance(phase, str) and phase else ""
             out.append(f"{where}: {state}{phase} at step {run['step']}; not finished")
-        elif state == "failed":
+        elif state == FAILED:
             error = run["error"] if isinstance(run["error"], str) and run["error"] else \
                 "no error recorded"
             out.append(f"{where}: failed: {error}")
-        elif state == "pending" or not run["num_metrics_rows"]:
+        elif state == PENDING or not run["num_metrics_rows"]:
             out.append(f"{where}: {state}, nothing logged yet")
         else:
             error = f" ({run['error']})" if isinstance(run["error"], str) and run["error"] else ""

@@ -4,11 +4,13 @@ Everything here takes the path of one run folder and returns plain Python data p
 of warning strings; nothing raises on bad content. Rules of the run-folder contract
 (the ``runfolder`` package):
 
-* metrics.jsonl holds every step's rows exactly once (``runfolder.rows``). Run folders
-  written before that rule may repeat steps after a resume: readers keep the LAST row for
-  each key (``runfolder.rows.dedup_key``) and say, per run, that they had to.
-* a truncated last line (a run being written, or killed mid-write) is skipped and reported;
-  so is any other line that is not a JSON object with ``kind`` and ``step``.
+* metrics.jsonl is read by ``runfolder.rows``' rules, not re-spelled here: what a row is
+  (``parse_row``: a JSON object with ``kind`` and ``step``, non-finite strings decoded), a
+  torn last line (``split_complete``: skipped and reported), and which rows are repeats
+  (``dedup_key``, ``keep_last``: folders written before rows were exactly once may repeat
+  steps after a resume; the last row is kept and the run says so). What this module adds
+  is speed: orjson for the rows it parses, and polars / pyarrow for the train columns, each
+  falling back to ``parse_row`` for what it refuses.
 * train rows are by far the most numerous (one per logged step) and most reports only need
   the evaluation rows, so ``scan_metrics`` parses the knn/probe/event rows and only counts
   the train rows; ``load_train_rows`` parses those when they are wanted.
@@ -27,7 +29,7 @@ import orjson
 import pandas as pd
 import yaml
 
-from analysis.linescan import TRAIN_PREFIXES, scan_lines
+from analysis.linescan import scan_lines
 from analysis.reference import normalize_label
 from analysis.summarize import from_eval_rows
 from runfolder import layout
@@ -41,14 +43,22 @@ from runfolder.fields import (
 )
 from runfolder.negatives import NEGATIVES_PER_QUERY
 from runfolder.negatives import from_config as negatives_from_config
-from runfolder.rows import KEYS, decode_value, dedup_key
-from runfolder.states import IN_PROGRESS, STATES
+from runfolder.rows import (
+    KEYS,
+    NON_FINITE_TOKENS,
+    TRAIN_PREFIXES,
+    bad_lines_warning,
+    dedup_fields,
+    keep_last,
+    parse_row,
+    repeated_warning,
+    split_complete,
+)
+from runfolder.states import DIVERGED, IN_PROGRESS, NO_METRICS_YET, STATES, UNKNOWN
 
 RUN_FILES = (layout.CONFIG, layout.STATUS, layout.SUMMARY, layout.METRICS, layout.ENV)
 
 KNOWN_KEYS = KEYS
-# moco3 writes non-finite floats as strings (runfolder.rows); Python's json writes NaN.
-_NON_FINITE_BYTES = (b'"nan"', b'"inf"', b'"-inf"', b"NaN", b"Infinity")
 
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # same safe subset, in C
@@ -91,24 +101,6 @@ class MetricsScan:
     warnings: list[str] = field(default_factory=list)
 
 
-def _split_complete(data: bytes, path: Path, warnings: list[str]) -> tuple[bytes, bytes | None]:
-    """(complete lines, a final line without newline that is still a whole JSON object)."""
-    if not data or data.endswith(b"\n"):
-        return data, None
-    cut = data.rfind(b"\n") + 1
-    tail = data[cut:]
-    try:
-        if isinstance(json.loads(tail), dict):
-            return data[:cut], tail  # whole record, only its newline is missing
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        pass
-    if tail.strip():
-        warnings.append(
-            f"{path.name}: skipped a truncated last line ({len(tail)} bytes; run still writing?)"
-        )
-    return data[:cut], None
-
-
 def loads(line: bytes) -> Any:
     """One JSON value: orjson (about 5x faster than json), or json for what only json
     reads (NaN / Infinity literals, integers beyond 64 bits)."""
@@ -118,20 +110,12 @@ def loads(line: bytes) -> Any:
         return json.loads(line)
 
 
-def _parse_row(line: bytes, number: int, bad: list[int]) -> dict | None:
-    """The JSON object of one metrics line; None (and its number in ``bad``) if it is not a
-    row with kind and step."""
-    try:
-        row = loads(line)
-    except (ValueError, UnicodeDecodeError):
-        bad.append(number)
-        return None
-    if not isinstance(row, dict) or "kind" not in row or "step" not in row:
-        bad.append(number)
-        return None
-    for key, value in row.items():
-        row[key] = decode_value(key, value)
-    return row
+def _whole_lines(data: bytes, path: Path, warnings: list[str]) -> bytes:
+    """``data`` cut to whole lines by runfolder's torn-last-line rule, the warning kept."""
+    body, torn = split_complete(data)
+    if torn:
+        warnings.append(f"{path.name}: {torn}")
+    return body
 
 
 def scan_metrics(path: Path) -> MetricsScan:
@@ -144,39 +128,31 @@ def scan_metrics(path: Path) -> MetricsScan:
     except OSError as exc:
         scan.warnings.append(f"{path.name}: cannot be read ({exc.strerror}); ignored")
         return scan
-    body, tail = _split_complete(data, path, scan.warnings)
-    if tail is not None:
-        body += tail + b"\n"
-    lines = scan_lines(body)
-    other, scan.num_train_rows, last_train_line = lines.other, lines.num_train, lines.last_train
+    lines = scan_lines(_whole_lines(data, path, scan.warnings))
+    other, scan.num_train_rows = lines.other, lines.num_train
+    last_train_line, last_train_at = lines.last_train, lines.last_train_at
 
-    rows: dict[tuple, dict] = {}
+    rows: list[dict] = []
     bad: list[int] = []
-    repeated = 0
     for number, line in other:
-        row = _parse_row(line, number, bad)
+        row = parse_row(line, loads)
         if row is None:
-            continue
-        if row["kind"] == "train":  # a train row in another spelling than json.dumps'
+            bad.append(number)
+        elif row["kind"] == "train":  # a train row in another spelling than json.dumps'
             scan.num_train_rows += 1
             scan.train_needs_slow_parse = True
-            last_train_line = line
-            continue
-        key = dedup_key(row)
-        repeated += key in rows
-        rows[key] = row
+            if number > last_train_at:  # the file's last train row, whichever its spelling
+                last_train_line, last_train_at = line, number
+        else:
+            rows.append(row)
     if last_train_line is not None:
-        scan.last_train = _parse_row(last_train_line, 0, [])
+        scan.last_train = parse_row(last_train_line, loads)
     if bad:
-        shown = ", ".join(str(n) for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        scan.warnings.append(
-            f"{path.name}: skipped {len(bad)} line(s) that are not JSON rows with kind and step "
-            f"(line {shown})"
-        )
+        scan.warnings.append(f"{path.name}: {bad_lines_warning(bad)}")
+    kept, repeated = keep_last(rows)
     if repeated:
-        scan.warnings.append(f"{path.name}: {repeated} repeated row(s) of an earlier writer's "
-                             "resume; kept the last of each")
-    scan.eval_rows = sorted(rows.values(), key=_step_order)
+        scan.warnings.append(f"{path.name}: {repeated_warning(repeated)}")
+    scan.eval_rows = sorted(kept, key=_step_order)
     unknown_kinds = sorted({str(r["kind"]) for r in scan.eval_rows} - set(KNOWN_KEYS))
     if unknown_kinds:
         scan.warnings.append(f"{path.name}: rows of unknown kind {', '.join(unknown_kinds)}; kept")
@@ -219,32 +195,39 @@ def load_train_rows(path: Path, force_slow: bool = False, columns: list[str] | N
         data = path.read_bytes()
     except OSError:
         return pd.DataFrame({"step": pd.Series(dtype="int64")}), warnings
-    body, tail = _split_complete(data, path, warnings)
-    if tail is not None:
-        body = body + tail + b"\n"
+    body = _whole_lines(data, path, warnings)
     frame = None
     if columns is not None and not force_slow:
         frame = _polars_frame(body, columns)
     if frame is None and not force_slow and not any(token in body
-                                                     for token in _NON_FINITE_BYTES):
-        train = b"\n".join(line for line in body.split(b"\n")
-                            if line.startswith(TRAIN_PREFIXES))
-        frame = _arrow_frame(train)
+                                                     for token in NON_FINITE_TOKENS):
+        plain, other = [], False
+        for line in body.split(b"\n"):
+            if line.startswith(TRAIN_PREFIXES):
+                plain.append(line)
+            else:  # a train row in another key order: pyarrow would not see it
+                other = other or b'"train"' in line
+        frame = None if other else _arrow_frame(b"\n".join(plain))
     if frame is None:
         frame = _python_frame(body, path, warnings)
     if columns is not None:
         frame = frame[[c for c in dict.fromkeys(["step", *columns]) if c in frame.columns]]
     if "step" not in frame.columns:
         frame["step"] = pd.Series(dtype="int64")
+    stepless = frame["step"].isna()  # not rows (runfolder.rows.ROW_FIELDS); the fast
+    if stepless.any():  # readers keep them, the json-module one refuses them itself
+        warnings.append(f"{path.name}: skipped {int(stepless.sum())} corrupt train line(s) "
+                        "(no step)")
+        frame = frame[~stepless]
     frame = frame.drop(columns=["kind"], errors="ignore")
     for column in frame.columns:
         if frame[column].dtype == object and frame[column].isna().all():
             frame[column] = frame[column].astype("float64")  # never logged, e.g. frozen layer
     before = len(frame)
-    frame = frame.drop_duplicates(subset=["step"], keep="last").sort_values("step", kind="stable")
+    frame = frame.drop_duplicates(subset=list(dedup_fields("train")), keep="last")
+    frame = frame.sort_values("step", kind="stable")
     if len(frame) < before:
-        warnings.append(f"{path.name}: {before - len(frame)} repeated train row(s) of an earlier "
-                        "writer's resume; kept the last of each")
+        warnings.append(f"{path.name}: {repeated_warning(before - len(frame), 'train')}")
     return frame.reset_index(drop=True), warnings
 
 
@@ -267,7 +250,7 @@ def _polars_frame(body: bytes, columns: list[str]) -> pd.DataFrame | None:
     table = table.filter(pl.col("kind") == "train").select(
         pl.col(k).cast(pl.Int64 if k in _INT_KEYS else pl.Float64, strict=False)
         for k in keys)
-    return table.filter(pl.col("step").is_not_null()).to_pandas()
+    return table.to_pandas()
 
 
 def _arrow_frame(train: bytes) -> pd.DataFrame | None:
@@ -302,8 +285,10 @@ def _python_frame(body: bytes, path: Path, warnings: list[str]) -> pd.DataFrame:
             continue
         if b"train" not in line:  # cheap pre-filter; the parsed kind decides
             continue
-        row = _parse_row(line, number, bad)
-        if row is not None and row["kind"] == "train":
+        row = parse_row(line, loads)
+        if row is None:
+            bad.append(number)
+        elif row["kind"] == "train":
             rows.append({k: _flat(v) for k, v in row.items()})
     if bad:
         shown = ", ".join(str(n) for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
@@ -462,7 +447,7 @@ def _read_status(record: dict[str, Any], status: dict | None, summary: dict | No
     """Fill ``record``'s state and progress from status.json (else summary.json, else the
     last metrics row); returns the state."""
     last_row = scan.last_train or (scan.eval_rows[-1] if scan.eval_rows else {})
-    state = _get(status, "state") or _get(summary, "state") or "unknown"
+    state = _get(status, "state") or _get(summary, "state") or UNKNOWN
     if state not in STATES:
         warnings.append(f"status.json: unknown state {state!r}")
     if status is None:
@@ -508,7 +493,7 @@ def _read_summary(record: dict[str, Any], state: str, config: dict | None, statu
     if values.get(NEGATIVES_PER_QUERY) is None and config is not None:
         # A run folder from before the field: the same rule, from its config.yaml.
         values[NEGATIVES_PER_QUERY] = negatives_from_config(config)
-    if values.get("diverged_step") is None and state == "diverged":
+    if values.get("diverged_step") is None and state == DIVERGED:
         values["diverged_step"] = record["step"]
     # The primary linear top-1 is the probe's final epoch: the best epoch is selected on the
     # evaluation set itself. moco3's summary.json calls the best linear_top1 and the final
@@ -526,5 +511,5 @@ def _read_summary(record: dict[str, Any], state: str, config: dict | None, statu
     if summary is None and scan.num_train_rows + len(scan.eval_rows):
         reason = "run in progress" if state in IN_PROGRESS else f"state {state}"
         warnings.append(f"summary.json: missing ({reason}); numbers derived from metrics.jsonl")
-    elif summary is None and state not in ("pending", "unknown"):
+    elif summary is None and state not in NO_METRICS_YET:
         warnings.append(f"metrics.jsonl: missing or empty (state {state}); no numbers")

@@ -26,7 +26,7 @@ import pandas as pd
 
 from analysis.collect import factor_column
 from analysis.reference import level_rank, paper_number, reference_for
-from runfolder.states import DISPLAY_ORDER, FINISHED, TRAINED
+from runfolder.states import DISPLAY_ORDER, DIVERGED, FINISHED, TRAINED, UNKNOWN
 
 METRICS = ("linear_top1", "knn_top1")
 METRIC_NAMES = {"linear_top1": "linear top-1", "knn_top1": "kNN top-1"}
@@ -79,7 +79,7 @@ def _row_order(ablation: str, factors: list[str], frame: pd.DataFrame) -> pd.Dat
 
 
 def _is_finished(runs: pd.DataFrame) -> pd.Series:
-    return runs["state"].isin(FINISHED) | ((runs["state"] == "unknown") & runs["has_summary"])
+    return runs["state"].isin(FINISHED) | ((runs["state"] == UNKNOWN) & runs["has_summary"])
 
 
 def _states_text(states: pd.Series) -> str:
@@ -114,7 +114,7 @@ def ablation_table(runs: pd.DataFrame, ablation: str, metric: str | None = None
         keys = [pd.Series("baseline", index=runs.index, name="run")]
     finished = _is_finished(runs)
     trained = runs["state"].isin(TRAINED)
-    diverged = runs["state"] == "diverged"
+    diverged = runs["state"] == DIVERGED
 
     def agg(values: pd.Series, mask: pd.Series, how: str | list[str]):
         numbers = pd.to_numeric(values, errors="coerce").astype("float64").where(mask)
@@ -134,7 +134,7 @@ def ablation_table(runs: pd.DataFrame, ablation: str, metric: str | None = None
     stats["n_diverged"] = diverged.groupby(keys, sort=False, dropna=False).sum().astype(int)
     stats["diverged_steps"] = grouped["diverged_step"].agg(
         lambda s: ", ".join(str(int(v)) for v in sorted(
-            s[runs.loc[s.index, "state"] == "diverged"].dropna())))
+            s[runs.loc[s.index, "state"] == DIVERGED].dropna())))
     stats["states"] = grouped["state"].agg(_states_text)
     stats["states"] = [
         text.replace(f"{n} diverged", f"{n} diverged at step{'s' if ',' in steps else ''} "
@@ -247,7 +247,7 @@ def _accuracy_cell(row: pd.Series, short: str) -> str:
         if row["n_diverged"] and row["n_diverged"] == row["runs"]:
             steps = row["diverged_steps"]
             plural = "s" if "," in steps else ""
-            return f"diverged at step{plural} {steps}" if steps else "diverged"
+            return f"diverged at step{plural} {steps}" if steps else DIVERGED
         return "—"
     return _fmt(mean) if n == 1 else f"{_fmt(mean)} ± {_fmt(std)}"
 

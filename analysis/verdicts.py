@@ -36,7 +36,7 @@ from analysis import stats
 from analysis.collect import factor_column
 from analysis.reference import normalize_label
 from analysis.study import Finding, Study
-from runfolder.states import TRAINED
+from runfolder.states import DONE, TRAINED
 
 ACCURACY = ("linear_top1", "knn_top1")
 COLUMNS = ["finding", "metric", "A", "B", "diff", "ci_low", "ci_high", "g", "test", "p",
@@ -76,7 +76,7 @@ class Groups:
 
 def _groups(runs: pd.DataFrame, finding: Finding, metric: str) -> Groups:
     # Accuracy counts finished runs; instability counts diverged ones too.
-    pool = runs[runs["state"] == "done"] if metric in ACCURACY or metric.startswith(
+    pool = runs[runs["state"] == DONE] if metric in ACCURACY or metric.startswith(
         "linear_") else runs[runs["state"].isin(TRAINED)]
     return Groups(_select(pool, finding.a), _select(pool, finding.b), metric)
 

@@ -11,7 +11,7 @@ from typing import Any
 from experiments.rundir import MANIFEST, read_manifest
 from runfolder import layout
 from runfolder.atomic import read_json
-from runfolder.states import ENDED
+from runfolder.states import DIVERGED, DONE, ENDED, PENDING, RUNNING, UNKNOWN
 
 TAIL_BYTES = 65536  # the last kNN row is near the end of metrics.jsonl
 
@@ -91,11 +91,11 @@ def read_row(ablation_dir: Path, run_id: str, job_id: str | None = None) -> RunR
 def state_without_status(run_dir: Path, summary: dict[str, Any]) -> str:
     """The state of a run folder whose status.json is gone, from what else it holds: a
     probed or diverged summary is a result; otherwise nobody can tell."""
-    if summary.get("linear_top1") is not None or summary.get("state") == "diverged":
-        return "done" if summary.get("state") != "diverged" else "diverged"
+    if summary.get("linear_top1") is not None or summary.get("state") == DIVERGED:
+        return DONE if summary.get("state") != DIVERGED else DIVERGED
     if summary or (run_dir / layout.METRICS).exists():
-        return "unknown"
-    return "pending" if (run_dir / layout.CONFIG).exists() else "absent"
+        return UNKNOWN
+    return PENDING if (run_dir / layout.CONFIG).exists() else "absent"
 
 
 def read_rows(ablation_dir: Path, only: list[str] | None = None) -> list[RunRow]:
@@ -118,7 +118,7 @@ def format_table(rows: list[RunRow], queue: dict[str, str] | None = None) -> str
         header.append("slurm")
     table = [header]
     for r in rows:
-        state = r.state if not r.phase or r.state != "running" else f"running:{r.phase}"
+        state = r.state if not r.phase or r.state != RUNNING else f"running:{r.phase}"
         step = "-" if r.step is None else f"{r.step}/{r.total_steps or '?'}"
         line = [r.run_id, state, step, _fmt(r.knn_top1), _fmt(r.linear_top1),
                 r.precision or "-", r.job_id or "-"]

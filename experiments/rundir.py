@@ -29,7 +29,7 @@ from moco3.config import changed_keys
 from runfolder import layout
 from runfolder.atomic import read_json, read_json_list, write_json, write_text
 from runfolder.joblock import exclusive, holder
-from runfolder.states import IN_PROGRESS, MAY_HAVE_A_JOB, RESULTS
+from runfolder.states import FAILED, IN_PROGRESS, MAY_HAVE_A_JOB, PENDING, RESULTS
 
 MANIFEST = layout.MANIFEST
 LOCK = ".launch.lock"
@@ -161,11 +161,11 @@ def decide(run: PlannedRun, run_dir: Path, last_job: str | None,
     if writer:  # its pool or launcher died, the job did not: it trains on, alone
         return Decision("skip", f"still trained by {writer}, which holds its run folder's "
                                 "lock; it finishes by itself, so no second job was started")
-    if state == "failed":
+    if state == FAILED:
         error = status.get("error") or "no error recorded"
         why = "retry_failed=true" if retry_failed else code_changed(run_dir)
         if why is None:
-            return Decision("skip", f"failed: {error}; fix the cause, then launch again "
+            return Decision("skip", f"{FAILED}: {error}; fix the cause, then launch again "
                                     "with retry_failed=true")
         return Decision("submit", f"retry ({why}) of a run that failed: {error}")
     if state is None:
@@ -186,7 +186,7 @@ def write_run(run_dir: Path, cfg: DictConfig, rewrite: bool = False) -> str:
     sha = text_sha256(path.read_text())
     status = read_json(run_dir / layout.STATUS) or {"step": 0, "total_steps": None}
     # job_id, host and started are left to the job (moco3.runlog fills them when it starts).
-    status.update(state="pending", updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=None,
+    status.update(state=PENDING, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=None,
                   config_sha256=sha)
     write_json(run_dir / layout.STATUS, status)
     return sha

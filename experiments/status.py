@@ -24,7 +24,7 @@ from experiments.rundir import MANIFEST, LaunchError, ablation_dir, check_runs_r
 from runfolder import cli
 from runfolder.joblock import holder
 from runfolder.layout import ENV_RUNS_ROOT, runs_root
-from runfolder.states import MAY_HAVE_A_JOB
+from runfolder.states import FAILED, MAY_HAVE_A_JOB
 
 GONE = "gone"  # not in squeue, and no accounting record
 
@@ -80,7 +80,7 @@ def show(directory: Path) -> str:
     slurm = slurm_states(rows)
     mark_lost(rows, slurm, directory)
     text = progress.format_table(rows, slurm)
-    errors = [f"  {r.run_id}: {r.error}" for r in rows if r.state == "failed" and r.error]
+    errors = [f"  {r.run_id}: {r.error}" for r in rows if r.state == FAILED and r.error]
     return text + ("\nfailed:\n" + "\n".join(errors) if errors else "")
 
 

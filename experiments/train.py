@@ -45,7 +45,7 @@ from experiments.rundir import (
 )
 from experiments.schema import register
 from moco3.config import ConfigError
-from runfolder.states import RESULTS
+from runfolder.states import FAILED, RESULTS
 
 register()
 
@@ -88,7 +88,7 @@ def prepare(cfg: DictConfig, scale: str) -> tuple[Path, str | None]:
     run_dir = directory / name
     with launch_lock(directory, "train"):
         decision = decide(run, run_dir, None, lambda job: False, bool(cfg.retry_failed))
-        if decision.action == "refuse" or decision.reason.startswith("failed"):
+        if decision.action == "refuse" or decision.reason.startswith(FAILED):
             raise LaunchError(decision.reason)
         if decision.action == "skip":
             return run_dir, None

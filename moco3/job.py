@@ -29,6 +29,7 @@ from moco3.runlog import RunLog
 from runfolder import layout
 from runfolder.atomic import DiskFullError, remove_stale_temporaries
 from runfolder.joblock import RunFolderBusy, hold
+from runfolder.states import DONE, FAILED, PREEMPTED
 
 MAX_ERROR = 400  # characters of an error sentence in status.json
 
@@ -50,7 +51,7 @@ def record_failure(runlog: RunLog, err: BaseException) -> None:
     error = error_sentence(err)
     for attempt in range(2):
         try:
-            runlog.set_state("failed", error=error)
+            runlog.set_state(FAILED, error=error)
             runlog.append({"kind": "event", "step": runlog.status().get("step", 0),
                            "epoch": None, "images_seen": None, "event": "failed",
                            "error": error})
@@ -115,13 +116,13 @@ def _run_locked(run_dir: Path, config_sha256: str | None, threads: int | None,
         if on_start is not None:
             on_start()
         state = train(cfg, run_dir, log=log, on_row=on_row, threads=threads)
-        if state == "done" and cfg.probe.enabled:
+        if state == DONE and cfg.probe.enabled:
             probe(cfg, run_dir, log=log)
         return state
     except KeyboardInterrupt:
         if runlog.is_main:
             try:
-                runlog.set_state("preempted", error="interrupted")
+                runlog.set_state(PREEMPTED, error="interrupted")
             except OSError:
                 pass  # the interrupt is what matters; the last checkpoint is intact
         raise

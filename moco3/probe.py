@@ -39,6 +39,7 @@ from moco3.preemption import PreemptionFlag
 from moco3.runlog import RunLog
 from moco3.schedules import probe_lr
 from moco3.workers import resolve_num_workers
+from runfolder.states import DONE, PREEMPTED, RUNNING
 
 
 class LinearHead(nn.Module):
@@ -177,13 +178,13 @@ class Prober:
             val_data: Any = self._cached(self.val_images)
         else:
             train_data, val_data = self.train_images, self.val_images
-        self.runlog.set_state("running", phase="probe")
+        self.runlog.set_state(RUNNING, phase="probe")
         flag = PreemptionFlag().install()
         try:
             while self.epoch < p.epochs:
                 if flag.requested or self.epoch == stop_at_epoch:
                     self.save()
-                    self.runlog.set_state("preempted", phase="probe")
+                    self.runlog.set_state(PREEMPTED, phase="probe")
                     if flag.requested:
                         flag.hand_over()
                     return self.best
@@ -212,7 +213,7 @@ class Prober:
         finally:
             flag.restore()
         self.runlog.write_summary({"linear_top1": self.best, "linear_top1_last": self.last})
-        self.runlog.set_state("done", phase="done")
+        self.runlog.set_state(DONE, phase="done")
         return self.best
 
 

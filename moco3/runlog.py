@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from runfolder import layout
 from runfolder.atomic import atomic_open, disk_full, read_json, write_json
 from runfolder.rows import encode, encode_row, is_step_row
-from runfolder.states import STATES
+from runfolder.states import RUNNING, STATES
 
 
 def now() -> str:
@@ -68,7 +68,7 @@ class RunLog:
         if not self.is_main:
             return
         status = self.status()
-        if state == "running" and status.get("state") != "running":
+        if state == RUNNING and status.get("state") != RUNNING:
             status.setdefault("started", now())
         status.update(fields)
         status.update(state=state, updated=now(), host=socket.gethostname())

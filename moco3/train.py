@@ -48,6 +48,7 @@ from moco3.step import MocoStep
 from moco3.workers import resolve_num_workers
 from runfolder.fields import GRAD_GROUPS, LAST_LAYER_GROUP, first_layer_group
 from runfolder.negatives import negatives_per_query
+from runfolder.states import DIVERGED, DONE, PREEMPTED, RUNNING
 
 
 def _peak_mem_mb(device: torch.device) -> float:
@@ -181,7 +182,7 @@ class Trainer:
         signal, or at `stop_at_step`, which tests use to interrupt a run exactly)."""
         if self.resume() and self.step >= self.total_steps:
             return self._finished_earlier()
-        self.runlog.set_state("running", step=self.step, total_steps=self.total_steps,
+        self.runlog.set_state(RUNNING, step=self.step, total_steps=self.total_steps,
                               precision=self.precision, threads=self.threads,
                               num_workers=self.num_workers, error=None,
                               phase="pretrain", negatives_per_query=self.negatives_per_query)
@@ -208,7 +209,7 @@ class Trainer:
                     if save:
                         self.save()
                     if log:
-                        self.runlog.set_state("running", step=self.step)
+                        self.runlog.set_state(RUNNING, step=self.step)
                 self.timer.tick()
         finally:
             flag.restore()
@@ -463,23 +464,23 @@ class Trainer:
     # -- endings ----------------------------------------------------------------------------
     def _finished_earlier(self) -> str:
         """Pre-training finished earlier (the job may have stopped in the probe)."""
-        if self.runlog.status().get("state") != "done":
+        if self.runlog.status().get("state") != DONE:
             if "state" not in self.runlog.read_summary():
-                self.runlog.write_summary(self.summary("done"))
+                self.runlog.write_summary(self.summary(DONE))
             self._after_pretraining()
-        return "done"
+        return DONE
 
     def _finish(self) -> str:
-        self.runlog.write_summary(self.summary("done"))
+        self.runlog.write_summary(self.summary(DONE))
         self._after_pretraining()
-        return "done"
+        return DONE
 
     def _after_pretraining(self) -> None:
         """The run is done unless its linear probe is still to run."""
         if self.cfg.probe.enabled:
-            self.runlog.set_state("running", step=self.step, phase="probe")
+            self.runlog.set_state(RUNNING, step=self.step, phase="probe")
         else:
-            self.runlog.set_state("done", step=self.step, phase="done")
+            self.runlog.set_state(DONE, step=self.step, phase="done")
 
     def _preempt(self, flag: PreemptionFlag) -> str:
         """Checkpoint exactly at the step boundary the stop was noticed at. The pending steps
@@ -491,21 +492,21 @@ class Trainer:
         self.save()
         if self.is_main:
             self.runlog.append(self._row("event", event="preempted"))
-        self.runlog.set_state("preempted", step=self.step)
+        self.runlog.set_state(PREEMPTED, step=self.step)
         self.say(f"preempted at step {self.step}; checkpoint saved in {self.run_dir}")
         if flag.requested:
             flag.hand_over()  # under submitit: its requeue hook (may exit the process)
-        return "preempted"
+        return PREEMPTED
 
     def _diverged(self, step: int) -> str:
         """A non-finite loss: a result of an instability study, recorded, not raised."""
         self.step = step
         if self.is_main:
             self.runlog.append(self._row("event", event="diverged", value=float("nan")))
-        self.runlog.write_summary(self.summary("diverged", diverged_step=step))
-        self.runlog.set_state("diverged", step=step, error=f"non-finite loss at step {step}")
+        self.runlog.write_summary(self.summary(DIVERGED, diverged_step=step))
+        self.runlog.set_state(DIVERGED, step=step, error=f"non-finite loss at step {step}")
         self.say(f"diverged: non-finite loss at step {step}")
-        return "diverged"
+        return DIVERGED
 
     def summary(self, state: str, diverged_step: int | None = None) -> dict[str, Any]:
         last = self.last_train_row or {}

@@ -3,7 +3,7 @@
 Unset (None), a GPU run takes its cores per GPU minus one (at least 1): each GPU process
 keeps one core for itself (the step's Python, the host side of the kernels) and gives the
 rest to augmentation, which at 224 px runs at a few hundred images per core and second
-(benchmarks/gpu_check.py measures it), far below what one GPU trains on. A CPU run keeps 0:
+(benchmarks/gpu_check measures it), far below what one GPU trains on. A CPU run keeps 0:
 its cores already go to torch's threads (train.threads), and workers would compete with
 them. A value set in the config is used as is, anywhere.
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,16 @@ EVENTS = (*STEP_EVENTS, *JOB_EVENTS)
 
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "NaN": math.nan,
                "Infinity": math.inf, "-Infinity": -math.inf}
+# Bytes that mark a line holding a non-finite value: our strings, or the bare NaN / Infinity
+# literals Python's json writes (a reader that cannot decode those must not read the line).
+NON_FINITE_TOKENS = (b'"nan"', b'"inf"', b'"-inf"', b"NaN", b"Infinity")
+# How encode_row spells the start of a train row (json.dumps), and how a compact writer does:
+# a reader may take a line with one of these prefixes as a train row without parsing it.
+TRAIN_PREFIXES = (b'{"kind": "train"', b'{"kind":"train"')
+ROW_FIELDS = ("kind", "step")  # a JSON object is a row when it has these
+# Rows of one kind with equal values of these fields are the same measurement (dedup_key).
+DEDUP_FIELDS: dict[str, tuple[str, ...]] = {"probe": ("step", "probe_epoch"),
+                                            "event": ("step", "event", "group")}
 
 
 def is_step_row(row: dict[str, Any]) -> bool:
@@ -59,15 +70,16 @@ def is_step_row(row: dict[str, Any]) -> bool:
     return kind in ("train", "knn") or (kind == "event" and row.get("event") in STEP_EVENTS)
 
 
+def dedup_fields(kind: Any) -> tuple[str, ...]:
+    """The fields besides `kind` that name one measurement of `kind` (train, knn: the step)."""
+    return DEDUP_FIELDS.get(kind, ("step",))
+
+
 def dedup_key(row: dict[str, Any]) -> tuple:
     """Rows with the same key describe the same measurement (readers of folders written
     before rows were exactly-once keep the last one)."""
     kind = row.get("kind")
-    if kind == "probe":
-        return (kind, row.get("step"), row.get("probe_epoch"))
-    if kind == "event":
-        return (kind, row.get("step"), row.get("event"), row.get("group"))
-    return (kind, row.get("step"))
+    return (kind, *(row.get(name) for name in dedup_fields(kind)))
 
 
 def _finite_json(value: Any) -> Any:
@@ -93,8 +105,68 @@ def decode_value(key: str, value: Any) -> Any:
 
 
 def encode_row(row: dict[str, Any]) -> str:
-    """One metrics line (with its newline); `kind` first, as readers' fast path expects."""
+    """One metrics line (with its newline); `kind` first, as TRAIN_PREFIXES expects."""
     return encode(row) + "\n"
+
+
+# ---------------------------------------------------------------- reading
+# The one definition of how a metrics.jsonl is read; analysis' fast readers call these
+# functions (with a faster JSON parser) and fall back to them for any line they refuse.
+
+
+def split_complete(data: bytes) -> tuple[bytes, str | None]:
+    """`data` cut to whole lines (empty, or ending with a newline), and a warning when a
+    torn last line was dropped. A last line without its newline that is a whole JSON
+    object is kept (the writer stopped between the row and its newline)."""
+    if not data or data.endswith(b"\n"):
+        return data, None
+    cut = data.rfind(b"\n") + 1
+    tail = data[cut:]
+    try:
+        if isinstance(json.loads(tail), dict):
+            return data + b"\n", None
+    except ValueError:  # UnicodeDecodeError is one
+        pass
+    if not tail.strip():
+        return data[:cut], None
+    return data[:cut], f"skipped a truncated last line ({len(tail)} bytes; run still writing?)"
+
+
+def parse_row(line: bytes, loads: Callable[[bytes], Any] = json.loads) -> dict[str, Any] | None:
+    """The row on one line, values decoded (`decode_value`); None when the line is not a
+    JSON object with ROW_FIELDS. `loads`: a faster parser that raises ValueError for what
+    it refuses."""
+    try:
+        row = loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict) or any(name not in row for name in ROW_FIELDS):
+        return None
+    return {key: decode_value(key, value) for key, value in row.items()}
+
+
+def keep_last(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Of rows with the same `dedup_key` the last, in its place; and how many were dropped."""
+    kept: dict[tuple, dict[str, Any]] = {}
+    repeated = 0
+    for row in rows:
+        key = dedup_key(row)
+        repeated += kept.pop(key, None) is not None
+        kept[key] = row
+    return list(kept.values()), repeated
+
+
+def bad_lines_warning(numbers: list[int]) -> str:
+    """The warning for lines that are not rows (`numbers`: their 1-based line numbers)."""
+    shown = ", ".join(str(n) for n in numbers[:5]) + (" ..." if len(numbers) > 5 else "")
+    return (f"skipped {len(numbers)} line(s) that are not JSON rows with kind and step "
+            f"(line {shown})")
+
+
+def repeated_warning(count: int, kind: str = "") -> str:
+    """The warning for rows a writer from before the exactly-once rule repeated."""
+    return (f"{count} repeated {kind + ' ' if kind else ''}row(s) of an earlier writer's "
+            "resume; kept the last of each")
 
 
 def read_rows(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -102,33 +174,18 @@ def read_rows(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     truncated last line (a writer killed mid-line) and lines that are not rows with kind and
     step are skipped; of rows with the same `dedup_key` (a folder written before rows were
     exactly once) the last is kept, in its place. Values are decoded (`decode_value`)."""
-    lines = Path(path).read_bytes().split(b"\n")
-    warnings = []
-    tail = lines.pop()  # after the last newline: b"" unless a writer stopped mid-line
-    try:
-        if isinstance(json.loads(tail), dict):
-            lines.append(tail)  # a whole row, only its newline is missing
-    except ValueError:
-        if tail.strip():
-            warnings.append(f"skipped a truncated last line ({len(tail)} bytes)")
-    rows: dict[tuple, dict[str, Any]] = {}
-    bad = repeated = 0
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            bad += bool(line.strip())
-            continue
-        if not isinstance(row, dict) or "kind" not in row or "step" not in row:
-            bad += 1
-            continue
-        row = {key: decode_value(key, value) for key, value in row.items()}
-        key = dedup_key(row)
-        repeated += rows.pop(key, None) is not None
-        rows[key] = row
+    body, torn = split_complete(Path(path).read_bytes())
+    warnings = [torn] if torn else []
+    rows, bad = [], []
+    for number, line in enumerate(body.split(b"\n")[:-1], start=1):
+        row = parse_row(line)
+        if row is not None:
+            rows.append(row)
+        elif line.strip():
+            bad.append(number)
     if bad:
-        warnings.append(f"skipped {bad} line(s) that are not rows with kind and step")
+        warnings.append(bad_lines_warning(bad))
+    rows, repeated = keep_last(rows)
     if repeated:
-        warnings.append(f"{repeated} repeated row(s) of an earlier version's resume; kept the "
-                        "last of each")
-    return list(rows.values()), warnings
+        warnings.append(repeated_warning(repeated))
+    return rows, warnings

@@ -16,7 +16,8 @@ import test_train
 import torch
 import torch.multiprocessing as mp
 
-from benchmarks import gpu_check
+from benchmarks.gpu_check import correctness, distributed, harness, profiles, speed
+from benchmarks.gpu_check import report as reporting
 from benchmarks.train_step import peak_tflops
 from moco3 import checkpoint as ckpt
 from moco3 import dist as moco_dist
@@ -53,31 +54,31 @@ def test_weight_decay_rounding_fits_the_update_bound() -> None:
     model = build_model("vit_small", dim=256, mlp_dim=4096, img_size=224, patch_size=16,
                         patch_embed="learned")
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = scaled_lr(gpu_check.BASE_LR, gpu_check.CUDA_PROFILE.check_batch)
-    rel = gpu_check.decay_rounding_rel(params, lr, gpu_check.WEIGHT_DECAY, stride=64)
-    assert 1e-4 < rel < gpu_check.UPDATE_REL / 2, rel
+    lr = scaled_lr(profiles.BASE_LR, profiles.CUDA_PROFILE.check_batch)
+    rel = correctness.decay_rounding_rel(params, lr, profiles.WEIGHT_DECAY, stride=64)
+    assert 1e-4 < rel < profiles.UPDATE_REL / 2, rel
     # The emulated CPU form is torch's CPU fused kernel's: its result differs from it by
     # the update's own rounding only, the CUDA form by the decay's too.
     p = torch.randn(4096, generator=torch.Generator().manual_seed(1)) * 0.05
     p.grad = torch.randn(4096, generator=torch.Generator().manual_seed(2))
     before = p.detach().clone()
-    torch.optim.AdamW([p], lr=lr, weight_decay=gpu_check.WEIGHT_DECAY, fused=True).step()
+    torch.optim.AdamW([p], lr=lr, weight_decay=profiles.WEIGHT_DECAY, fused=True).step()
     update = lr * torch.sign(p.grad)  # Adam's first step: m / sqrt(v) = sign(g)
-    as_cpu = before * torch.tensor(1 - lr * gpu_check.WEIGHT_DECAY) - update
-    as_cuda = (before - (lr * gpu_check.WEIGHT_DECAY) * before) - update
+    as_cpu = before * torch.tensor(1 - lr * profiles.WEIGHT_DECAY) - update
+    as_cuda = (before - (lr * profiles.WEIGHT_DECAY) * before) - update
     assert (p.detach() - as_cpu).abs().max() < (p.detach() - as_cuda).abs().max()
 
 
 # -- 2. --device auto and a GPU torch cannot use ------------------------------------------------
 def test_auto_refuses_the_cpu_when_an_nvidia_device_is_unusable(monkeypatch, capsys,
                                                                tmp_path: Path) -> None:
-    monkeypatch.setattr(gpu_check, "nvidia_device_nodes", lambda: ["/dev/nvidia0"])
+    monkeypatch.setattr(harness, "nvidia_device_nodes", lambda: ["/dev/nvidia0"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(gpu_check, "nvidia_driver_version", lambda: "470.256.02")
+    monkeypatch.setattr(harness, "nvidia_driver_version", lambda: "470.256.02")
     monkeypatch.setattr(torch.cuda, "init", lambda: (_ for _ in ()).throw(RuntimeError(
         "The NVIDIA driver on your system is too old (found version 11040).")))
     with pytest.raises(SystemExit) as exit_info:
-        gpu_check.main(["--device", "auto", "--out", str(tmp_path / "out"), "--quiet"])
+        harness.main(["--device", "auto", "--out", str(tmp_path / "out"), "--quiet"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "/dev/nvidia0" in err and "too old" in err and "470.256.02" in err
@@ -268,37 +269,37 @@ def test_hung_ranks_are_killed_before_the_section_ends(monkeypatch) -> None:
     def hang(*args) -> None:  # a rank blocked in a collective that never completes
         time.sleep(600)
 
-    monkeypatch.setattr(gpu_check, "_rank_main", hang)  # forked children see it
-    ctx = gpu_check.Context(torch.device("cpu"), gpu_check.CPU_PROFILE, math.inf, verbose=False)
+    monkeypatch.setattr(distributed, "_rank_main", hang)  # forked children see it
+    ctx = profiles.Context(torch.device("cpu"), profiles.CPU_PROFILE, math.inf, verbose=False)
     ctx.section_deadline = time.perf_counter() + 10
-    model = gpu_check.check_model(ctx)
-    x1, x2 = gpu_check.check_batch(ctx)
+    model = correctness.check_model(ctx)
+    x1, x2 = correctness.check_batch(ctx)
     start = time.perf_counter()
     with pytest.raises(TimeoutError, match="did not finish"):
-        gpu_check.run_two_ranks(ctx, "gloo", [torch.device("cpu")] * 2, model, x1, x2, 1)
+        distributed.run_two_ranks(ctx, "gloo", [torch.device("cpu")] * 2, model, x1, x2, 1)
     assert time.perf_counter() - start < 10
 
 
 # -- 6. two real ranks in the check -----------------------------------------------------------
 def test_the_two_rank_check_passes_and_catches_a_wrong_label_offset(monkeypatch) -> None:
-    ctx = gpu_check.Context(torch.device("cpu"), gpu_check.CPU_PROFILE, math.inf, verbose=False)
-    x1, x2 = gpu_check.check_batch(ctx)
-    plain = gpu_check.check_model(ctx)
-    groups = gpu_check.param_groups_by_name(plain)
-    report = gpu_check.Report("cpu-reduced", "cpu")
+    ctx = profiles.Context(torch.device("cpu"), profiles.CPU_PROFILE, math.inf, verbose=False)
+    x1, x2 = correctness.check_batch(ctx)
+    plain = correctness.check_model(ctx)
+    groups = correctness.param_groups_by_name(plain)
+    report = reporting.Report("cpu-reduced", "cpu")
     ctx.section_deadline = time.perf_counter() + 120
-    gpu_check.two_rank_checks(ctx, report, x1, x2, plain, groups)
+    distributed.two_rank_checks(ctx, report, x1, x2, plain, groups)
     rows = {c.name: c for c in report.checks}
     two = rows["gloo, 2 ranks on the CPU, DDP + GlobalBatchNorm1d vs 1 process"]
     assert two.status == "pass" and "replicas identical" in two.measured, two
     assert rows["nccl, 2 ranks on 2 GPUs, DDP + GlobalBatchNorm1d vs 1 process"].status \
-        .startswith(gpu_check.NO_CUDA)
+        .startswith(profiles.NO_CUDA)
     # Every rank labelling its queries as if it were rank 0 (the forked ranks inherit this).
     import moco3.negatives
 
     monkeypatch.setattr(moco3.negatives, "get_rank", lambda: 0)
-    report = gpu_check.Report("cpu-reduced", "cpu")
-    gpu_check.two_rank_checks(ctx, report, x1, x2, plain, groups)
+    report = reporting.Report("cpu-reduced", "cpu")
+    distributed.two_rank_checks(ctx, report, x1, x2, plain, groups)
     assert report.checks[0].status == "fail", report.checks[0]
 
 
@@ -314,8 +315,8 @@ def test_peak_table_matches_names_exactly() -> None:
 
 
 def test_compiled_step_is_compared_with_the_eager_one() -> None:
-    ctx = gpu_check.Context(torch.device("cpu"), gpu_check.CPU_PROFILE, math.inf, verbose=False)
-    same = gpu_check.compiled_vs_eager(ctx, "vit_small", 2, compile_fn=lambda m: m)
+    ctx = profiles.Context(torch.device("cpu"), profiles.CPU_PROFILE, math.inf, verbose=False)
+    same = speed.compiled_vs_eager(ctx, "vit_small", 2, compile_fn=lambda m: m)
     assert same["max_loss_rel"] == 0 and same["min_grad_cos"] > 1 - 1e-9
 
     class Miscompiled(torch.nn.Module):  # keys and queries of the views swapped
@@ -327,15 +328,15 @@ def test_compiled_step_is_compared_with_the_eager_one() -> None:
             q1, q2, z1, z2 = self.model(x1, x2)
             return q2, q1, z2, z1
 
-    wrong = gpu_check.compiled_vs_eager(ctx, "vit_small", 2, compile_fn=Miscompiled)
-    assert not gpu_check.within(wrong, gpu_check.TOLERANCES["bf16"])
+    wrong = speed.compiled_vs_eager(ctx, "vit_small", 2, compile_fn=Miscompiled)
+    assert not correctness.within(wrong, profiles.TOLERANCES["bf16"])
 
 
 def test_the_report_is_strict_json(tmp_path: Path) -> None:
-    report = gpu_check.Report("cpu-reduced", "cpu")
+    report = reporting.Report("cpu-reduced", "cpu")
     report.add("correctness", "x", "fail", values_nan=math.nan, worst=math.inf,
                per_step=[{"cos": -math.inf}])
-    gpu_check.write(report, tmp_path)
+    reporting.write(report, tmp_path)
 
     def refuse(constant: str) -> None:
         raise ValueError(f"non-standard JSON constant {constant}")

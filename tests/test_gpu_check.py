@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py: the reduced CPU version runs as a user runs it and passes, and
+"""benchmarks/gpu_check: the reduced CPU version runs as a user runs it and passes, and
 the branches a CPU cannot reach by itself (out of memory, overrunning a budget) work."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import gpu_check
+from benchmarks.gpu_check import correctness, harness, machinery, profiles, resume, speed
+from benchmarks.gpu_check import report as reporting
 from moco3.precision import FORCE_FAST_BF16_ENV, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,12 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def reduced_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    """`python benchmarks/gpu_check.py --device cpu` in a fresh process, from the repo root,
+    """`python -m benchmarks.gpu_check --device cpu` in a fresh process, from the repo root,
     with the out-of-memory fallback forced above batch 8."""
     out = tmp_path_factory.mktemp("gpu_check")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--out", str(out),
+        [sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--out", str(out),
          "--simulate-oom-above", "8"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
     return done, out
@@ -48,7 +49,7 @@ def test_reduced_run_passes(reduced_run) -> None:
             "gloo DDP + GlobalBatchNorm1d, 1 rank, vs plain model",
             "resume bitwise (8 steps vs 4 + resume 4)"} <= passed
     skipped = {c["name"]: c["status"] for c in report["checks"] if c["status"].startswith("skip")}
-    assert all(s.startswith(gpu_check.NO_CUDA) for s in skipped.values()), skipped
+    assert all(s.startswith(profiles.NO_CUDA) for s in skipped.values()), skipped
     assert "fp16 + GradScaler step finite" in skipped
     assert report["data"]["pipeline_img_s_per_core"] > 0 and "verdict" in report["data"]
 
@@ -81,7 +82,7 @@ def test_largest_batch_halves_on_out_of_memory() -> None:
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory at {batch}")
         return f"ran {batch}"
 
-    batch, result, tried = gpu_check.largest_batch(attempt, 256, 8, lambda: released.append(1))
+    batch, result, tried = machinery.largest_batch(attempt, 256, 8, lambda: released.append(1))
     assert (batch, result, tried) == (32, "ran 32", [256, 128, 64, 32])
     assert len(released) == 3
 
@@ -91,18 +92,18 @@ def test_largest_batch_gives_up_and_lets_other_errors_through() -> None:
         raise RuntimeError("CUDA error: out of memory")
 
     with pytest.raises(RuntimeError, match="every batch from 32 down to 8"):
-        gpu_check.largest_batch(oom, 32, 8, lambda: None)
+        machinery.largest_batch(oom, 32, 8, lambda: None)
 
     def broken(batch: int) -> None:
         raise RuntimeError("shape mismatch")
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        gpu_check.largest_batch(broken, 32, 8, lambda: None)
+        machinery.largest_batch(broken, 32, 8, lambda: None)
 
 
 def test_time_limit_stops_a_section() -> None:
     start = time.perf_counter()
-    with pytest.raises(gpu_check.SectionTimeout), gpu_check.time_limit(0.2):
+    with pytest.raises(machinery.SectionTimeout), machinery.time_limit(0.2):
         while True:
             sum(range(1000))
     assert time.perf_counter() - start < 2.0
@@ -116,14 +117,14 @@ def test_run_section_records_an_overrun_and_an_error(monkeypatch) -> None:
     def broken(ctx, report) -> None:
         raise ValueError("boom")
 
-    profile = gpu_check.CPU_PROFILE
-    ctx = gpu_check.Context(torch.device("cpu"), profile, time.perf_counter() + 60)
-    report = gpu_check.Report(profile.name, "cpu")
+    profile = profiles.CPU_PROFILE
+    ctx = profiles.Context(torch.device("cpu"), profile, time.perf_counter() + 60)
+    report = reporting.Report(profile.name, "cpu")
     monkeypatch.setitem(profile.section_s, "data", 0.3)
-    monkeypatch.setitem(gpu_check.SECTION_FUNCTIONS, "data", slow)
-    monkeypatch.setitem(gpu_check.SECTION_FUNCTIONS, "speed", broken)
-    gpu_check.run_section("data", ctx, report)
-    gpu_check.run_section("speed", ctx, report)
+    monkeypatch.setitem(harness.SECTION_FUNCTIONS, "data", slow)
+    monkeypatch.setitem(harness.SECTION_FUNCTIONS, "speed", broken)
+    harness.run_section("data", ctx, report)
+    harness.run_section("speed", ctx, report)
     assert report.sections["data"]["status"].startswith("stopped")
     assert report.sections["speed"]["status"] == "error"
     assert [c.status for c in report.failed()] == ["error"]
@@ -135,15 +136,15 @@ def test_comparison_catches_a_wrong_gradient() -> None:
     g = torch.Generator().manual_seed(0)
     ref_grads = {"a": torch.randn(100, generator=g), "b": torch.randn(50, generator=g)}
     groups = {"first": ["a"], "all": ["a", "b"]}
-    ref = gpu_check.Trace(losses=[1.0], grads=[ref_grads])
-    close = gpu_check.Trace(losses=[1.0 + 1e-5],
+    ref = correctness.Trace(losses=[1.0], grads=[ref_grads])
+    close = correctness.Trace(losses=[1.0 + 1e-5],
                             grads=[{k: v * (1 + 1e-4) for k, v in ref_grads.items()}])
-    wrong = gpu_check.Trace(losses=[1.0],
+    wrong = correctness.Trace(losses=[1.0],
                             grads=[{"a": ref_grads["a"], "b": -ref_grads["b"]}])
-    tol = gpu_check.TOLERANCES["fp32"]
-    assert gpu_check.within(gpu_check.compare_traces(ref, close, groups), tol)
-    c = gpu_check.compare_traces(ref, wrong, groups)
-    assert not gpu_check.within(c, tol) and c["min_grad_cos_at"] == "step 1 all"
+    tol = profiles.TOLERANCES["fp32"]
+    assert correctness.within(correctness.compare_traces(ref, close, groups), tol)
+    c = correctness.compare_traces(ref, wrong, groups)
+    assert not correctness.within(c, tol) and c["min_grad_cos_at"] == "step 1 all"
 
 
 def test_resume_reruns_itself_under_deterministic_algorithms(monkeypatch) -> None:
@@ -151,18 +152,18 @@ def test_resume_reruns_itself_under_deterministic_algorithms(monkeypatch) -> Non
     resume section runs again in a fresh process with deterministic algorithms."""
     # In this process the runs "differ" (and are not really trained); the rerun in a
     # fresh process is real.
-    monkeypatch.setattr(gpu_check, "run_train",
+    monkeypatch.setattr(resume, "run_train",
                         lambda cfg, run_dir, stop_at_step=None: "preempted" if stop_at_step
                         else "done")
-    monkeypatch.setattr(gpu_check, "checkpoint_tensors", lambda run_dir: {"x": torch.zeros(1)})
-    monkeypatch.setattr(gpu_check, "differing", lambda a, b: ["model.forced"])
-    ctx = gpu_check.Context(torch.device("cpu"), gpu_check.CPU_PROFILE, time.perf_counter() + 90,
+    monkeypatch.setattr(resume, "checkpoint_tensors", lambda run_dir: {"x": torch.zeros(1)})
+    monkeypatch.setattr(resume, "differing", lambda a, b: ["model.forced"])
+    ctx = profiles.Context(torch.device("cpu"), profiles.CPU_PROFILE, time.perf_counter() + 90,
                             verbose=False)
-    report = gpu_check.Report("cpu-reduced", "cpu")
-    gpu_check.section_resume(ctx, report)
+    report = reporting.Report("cpu-reduced", "cpu")
+    resume.section_resume(ctx, report)
     rows = {c.name: c for c in report.checks}
     assert rows["run-to-run bitwise (default settings)"].measured.startswith("no")
-    row = rows[gpu_check.RESUME_CHECK]
+    row = rows[profiles.RESUME_CHECK]
     assert row.status == "pass", row
     assert "use_deterministic_algorithms" in row.note and "equal" in row.measured
 
@@ -171,10 +172,10 @@ def test_a_crashing_step_is_an_error_row_and_the_section_goes_on() -> None:
     def build(batch: int):
         raise ValueError(f"cannot build at {batch}")
 
-    ctx = gpu_check.Context(torch.device("cpu"), gpu_check.CPU_PROFILE, time.perf_counter() + 60,
+    ctx = profiles.Context(torch.device("cpu"), profiles.CPU_PROFILE, time.perf_counter() + 60,
                             verbose=False)
-    report = gpu_check.Report("cpu-reduced", "cpu")
-    row = gpu_check.time_variant(ctx, report, "vit_small", "ours fp32 eager", build, 16, 2, True)
+    report = reporting.Report("cpu-reduced", "cpu")
+    row = speed.time_variant(ctx, report, "vit_small", "ours fp32 eager", build, 16, 2, True)
     assert row.status == "error: ValueError" and row.img_per_s is None
     assert [c.name for c in report.failed()] == ["vit_small ours fp32 eager"]
 
@@ -184,10 +185,13 @@ def test_environment_section_under_either_cpu_answer(tmp_path, fast_bf16, expect
     """gpu_check's CPU mode, as a user runs it, under both answers of the CPU-capability check
     (MOCO3_CPU_FAST_BF16): auto's choice and the CPU kind it reports follow the answer, on
     any machine. (The speed rows are named after the same `precision_auto`; a bf16 speed
-    section on a CPU without fast bf16 would take many minutes, so only the decision runs.)"""
-    env = {**os.environ, "PYTHONPATH": str(REPO), FORCE_FAST_BF16_ENV: fast_bf16}
+    section on a CPU without fast bf16 would take many minutes, so only the decision runs.)
+    Run as the folder (`python benchmarks/gpu_check`) with no PYTHONPATH: the entry point
+    itself makes the checkout importable."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env[FORCE_FAST_BF16_ENV] = fast_bf16
     done = subprocess.run(
-        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--out", str(tmp_path),
+        [sys.executable, "benchmarks/gpu_check", "--device", "cpu", "--out", str(tmp_path),
          "--sections", "environment", "--quiet"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -57,10 +57,7 @@ def test_the_contract_and_the_analysis_never_import_torch():
 
 # Collection literals outside runfolder/ that may spell contract names, with the reason.
 # Keyed by (module, the literal's elements in order).
-ALLOWED_SPELLINGS: dict[tuple[str, tuple[str, ...]], str] = {
-    ("analysis/rundata.py", ("pending", "unknown")):
-        "the one place that expects no metrics: not yet started, or no readable status.json",
-}
+ALLOWED_SPELLINGS: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
 def _contract_spellings(path: Path) -> list[tuple[str, ...]]:
@@ -104,6 +101,98 @@ def test_the_ownership_scan_finds_a_respelling(tmp_path):
     assert _contract_spellings(module) == [("done", "diverged"),
                                             ("knn_top1", "step", "state"),
                                             ("first_block", "last_block")]
+
+
+# Single state names spelled outside runfolder/ as a string, with the reason.
+# Keyed by (module, the name).
+ALLOWED_STATE_LITERALS: dict[tuple[str, str], str] = {
+    ("experiments/results.py", "unknown"):
+        "the text shown for a git commit that could not be read, not a run's state",
+}
+# Fields whose values share words with the states ("diverged" and "failed" are also event
+# names, "done" a phase): their values are not states, and are not flagged.
+OTHER_VOCABULARY = ("event", "phase")
+
+
+def _reads_other_vocabulary(node: ast.expr) -> bool:
+    """`x.get("event")` or `x["phase"]`: the value of a field that is not a state."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+            and node.func.attr == "get" and node.args:
+        node = node.args[0]
+    elif isinstance(node, ast.Subscript):
+        node = node.slice
+    else:
+        return False
+    return isinstance(node, ast.Constant) and node.value in OTHER_VOCABULARY
+
+
+def _state_names_in(node: ast.expr, names: set[str]) -> list[ast.Constant]:
+    """The state-name constants that `node` is, or chooses between (a if c else b, a or b),
+    or lists (a tuple / list / set literal)."""
+    if isinstance(node, ast.Constant):
+        return [node] if isinstance(node.value, str) and node.value in names else []
+    if isinstance(node, ast.IfExp):
+        return _state_names_in(node.body, names) + _state_names_in(node.orelse, names)
+    parts = node.values if isinstance(node, ast.BoolOp) else \
+        node.elts if isinstance(node, ast.Tuple | ast.List | ast.Set) else []
+    return [c for part in parts for c in _state_names_in(part, names)]
+
+
+def _state_literals(path: Path) -> list[tuple[int, str]]:
+    """(line, name) of every run-state name that `path` spells as a string where a value
+    goes: compared (==, !=, in), returned, assigned, passed to a call, put in a dict,
+    matched by a case. Docstrings, messages and f-strings are not values of a state."""
+    from runfolder.states import STATES, UNKNOWN
+
+    names = set(STATES) | {UNKNOWN}
+    values: list[ast.expr] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if not any(_reads_other_vocabulary(o) for o in operands):
+                values += operands
+        elif isinstance(node, ast.Return | ast.Assign | ast.AnnAssign | ast.Yield) \
+                and node.value is not None:
+            values.append(node.value)
+        elif isinstance(node, ast.Call):
+            values += [*node.args, *(k.value for k in node.keywords
+                                     if k.arg not in OTHER_VOCABULARY)]
+        elif isinstance(node, ast.Dict):
+            values += [v for k, v in zip(node.keys, node.values, strict=True)
+                       if not (isinstance(k, ast.Constant) and k.value in OTHER_VOCABULARY)]
+        elif isinstance(node, ast.MatchValue):
+            values.append(node.value)
+    return sorted({(c.lineno, c.value) for v in values for c in _state_names_in(v, names)})
+
+
+def test_only_runfolder_spells_a_state_name():
+    """A state is compared, returned or written through runfolder.states' constants
+    (DONE, DIVERGED, ...), so renaming one is a one-line change."""
+    wrong = {}
+    for layer in ("moco3", "experiments", "analysis"):
+        for path in sorted((REPO / layer).rglob("*.py")):
+            name = str(path.relative_to(REPO))
+            spelled = [f"line {line}: {value!r}" for line, value in _state_literals(path)
+                       if (name, value) not in ALLOWED_STATE_LITERALS]
+            if spelled:
+                wrong[name] = spelled
+    assert not wrong
+
+
+def test_the_state_scan_finds_a_spelled_state(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text(
+        'def f(state, row):\n'
+        '    """done"""\n'
+        '    if state == "done":\n'
+        '        return "diverged" if row else "failed"\n'
+        '    if row.get("event") == "diverged" or row["phase"] == "done":\n'
+        '        write(state="preempted", event="failed", phase="done")\n'
+        '    s = {"state": "pending", "event": "diverged"}\n'
+        '    return state in ("running", "later"), f"done {s}", "unknown"\n')
+    assert _state_literals(module) == [(3, "done"), (4, "diverged"), (4, "failed"),
+                                       (6, "preempted"), (7, "pending"), (8, "running"),
+                                       (8, "unknown")]
 
 
 MAX_FUNCTION_LINES = 80

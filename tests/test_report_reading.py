@@ -15,13 +15,14 @@ import pytest
 
 from analysis.linescan import scan_lines
 from analysis.rundata import load_train_rows, scan_metrics
+from runfolder.rows import TRAIN_PREFIXES, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def naive_scan(body: bytes) -> tuple[list[tuple[int, bytes]], int, bytes | None]:
     lines = body.split(b"\n")[:-1]
-    prefixes = (b'{"kind": "train"', b'{"kind":"train"')
+    prefixes = TRAIN_PREFIXES
     other = [(n, line) for n, line in enumerate(lines, start=1)
              if not line.startswith(prefixes) and line.strip()]
     train = [line for line in lines if line.startswith(prefixes)]
@@ -98,6 +99,66 @@ def test_train_columns_read_by_projection_equal_the_full_reading(tmp_path):
     assert fast.loc[30, "grad_norm_last_block"] == 9.0
     assert fast["grad_norm_patch_embed"].isna().all()  # never logged (a frozen projection)
     assert any("repeated train row" in w for w in fast_warnings)
+
+
+def _same(a, b) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a)
+                      and math.isnan(b))
+
+
+def test_the_fast_readers_keep_runfolders_rules(tmp_path):
+    """The report's readers (orjson, numpy line scan, polars, pyarrow) and runfolder.rows'
+    reader, on damaged files: the same rows, the same repeats dropped, the same lines
+    refused, the same torn last line; non-finite values decoded alike. (The scan counts the
+    lines that are plainly train rows without parsing them; the train reader checks them.)"""
+    lines = [
+        b'{"kind": "train", "step": 0, "loss": 2.0, "grad_norm": "nan"}',
+        b'{"kind": "knn", "step": 0, "knn_top1": 1.0}',
+        b'{"kind": "train", "loss": 1.0}',  # no step: not a row
+        b'[1, 2]', b'not json',  # polars refuses the file for these: the json-module path
+        b'{"step": 1, "kind": "train", "loss": 1.5}',
+        b'{"kind": "train", "step": 1, "loss": 1.25, "grad_norm": "inf"}',  # repeat: kept
+        b'{"kind": "knn", "step": 0, "knn_top1": 2.0}',  # repeat: kept
+        b'{"kind": "probe", "step": 1, "probe_epoch": 0, "probe_top1": "-inf"}',
+        b'{"kind": "train", "step": 2, "lo',  # torn by a kill
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    rows, warnings = read_rows(path)
+    scan = scan_metrics(path)
+    expected_eval = [r for r in rows if r["kind"] != "train"]
+    assert len(scan.eval_rows) == len(expected_eval) == 2
+    for got, want in zip(sorted(scan.eval_rows, key=str), sorted(expected_eval, key=str),
+                         strict=True):
+        assert got.keys() == want.keys() and all(_same(got[k], want[k]) for k in got)
+    assert scan.last_train["loss"] == 1.25  # the file's last train row, whatever its spelling
+    assert any("skipped 3 line(s) that are not JSON rows" in w for w in warnings)
+    assert any("skipped 2 line(s) that are not JSON rows" in w for w in scan.warnings)
+    assert any("1 repeated row(s)" in w for w in warnings + scan.warnings)
+    for found in (warnings, scan.warnings):
+        assert any("truncated last line" in w for w in found), found
+
+    expected_train = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in expected_train] == [0, 1]
+    readable = tmp_path / "readable.jsonl"  # what polars accepts
+    readable.write_bytes(b"\n".join(x for x in lines if x not in (b"[1, 2]", b"not json")))
+    finite = tmp_path / "finite.jsonl"  # pyarrow's, unless a train row is in another order
+    finite.write_bytes(readable.read_bytes().replace(b'"nan"', b"1.0").replace(b'"inf"', b"2.0")
+                       .replace(b'"-inf"', b"3.0"))
+    plain = tmp_path / "plain.jsonl"  # pyarrow's
+    plain.write_bytes(finite.read_bytes().replace(lines[5] + b"\n", b""))
+    for source, norms, repeats in ((path, (math.nan, math.inf), 1),
+                                   (readable, (math.nan, math.inf), 1), (finite, (1.0, 2.0), 1),
+                                   (plain, (1.0, 2.0), 0)):
+        for frame, train_warnings in (load_train_rows(source, columns=["loss", "grad_norm"]),
+                                      load_train_rows(source),
+                                      load_train_rows(source, force_slow=True)):
+            assert frame["step"].tolist() == [0, 1]
+            assert frame["loss"].tolist() == [r["loss"] for r in expected_train]
+            assert all(_same(a, b) for a, b in zip(frame["grad_norm"], norms, strict=True))
+            assert sum("1 repeated train row" in w for w in train_warnings) == repeats
+            assert any("1 corrupt train line" in w for w in train_warnings), train_warnings
+            assert any("truncated last line" in w for w in train_warnings), train_warnings
 
 
 @pytest.mark.slow  # three report builds through the real command: ~25 s of CPU
