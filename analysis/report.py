@@ -43,8 +43,8 @@ from dataclasses import dataclass, field  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from analysis import figuredata, tables, verdicts  # noqa: E402
-from analysis.collect import (  # noqa: E402
+from moco3.analysis import figuredata, tables, verdicts  # noqa: E402
+from moco3.analysis.collect import (  # noqa: E402
     ENV_VAR,
     EVAL_KINDS,
     Collection,
@@ -53,10 +53,10 @@ from analysis.collect import (  # noqa: E402
     cpus,
     resolve_runs_root,
 )
-from analysis.reference import REFERENCES  # noqa: E402
-from analysis.study import load_study  # noqa: E402
-from runfolder import cli  # noqa: E402
-from runfolder.states import DISPLAY_ORDER, IN_PROGRESS  # noqa: E402
+from moco3.analysis.reference import REFERENCES  # noqa: E402
+from moco3.analysis.study import load_study  # noqa: E402
+from moco3.runfolder import cli  # noqa: E402
+from moco3.runfolder.states import DISPLAY_ORDER, IN_PROGRESS  # noqa: E402
 
 FIGURE_MANIFEST = ".figures.json"
 SKIPPED_LIST_CAP = 40
@@ -234,7 +234,7 @@ def _draw(items: list[tuple[figuredata.FigureSpec, Path]], formats: tuple[str, .
         return
     # Plotting libraries load only when something is drawn: an unchanged report and the
     # quick exits stay quick.
-    from analysis import plots
+    from moco3.analysis import plots
 
     workers = min(cpus(), MAX_DRAWERS, len(items) // MIN_FIGURES_PER_DRAWER)
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():

@@ -4,9 +4,9 @@ Everything here takes the path of one run folder and returns plain Python data p
 of warning strings; nothing raises on bad content. Rules of the run-folder contract
 (the ``runfolder`` package):
 
-* metrics.jsonl holds every step's rows exactly once (``runfolder.rows``). Run folders
+* metrics.jsonl holds every step's rows exactly once (``moco3.runfolder.rows``). Run folders
   written before that rule may repeat steps after a resume: readers keep the LAST row for
-  each key (``runfolder.rows.dedup_key``) and say, per run, that they had to.
+  each key (``moco3.runfolder.rows.dedup_key``) and say, per run, that they had to.
 * a truncated last line (a run being written, or killed mid-write) is skipped and reported;
   so is any other line that is not a JSON object with ``kind`` and ``step``.
 * train rows are by far the most numerous (one per logged step) and most reports only need
@@ -27,27 +27,27 @@ import orjson
 import pandas as pd
 import yaml
 
-from analysis.linescan import TRAIN_PREFIXES, scan_lines
-from analysis.reference import normalize_label
-from analysis.summarize import from_eval_rows
-from runfolder import layout
-from runfolder.atomic import read_json_list
-from runfolder.fields import (
+from moco3.analysis.linescan import TRAIN_PREFIXES, scan_lines
+from moco3.analysis.reference import normalize_label
+from moco3.analysis.summarize import from_eval_rows
+from moco3.runfolder import layout
+from moco3.runfolder.atomic import read_json_list
+from moco3.runfolder.fields import (
     STATUS_KEYS,
     SUMMARY_EXTRA_KEYS,
     SUMMARY_KEYS,
     first_layer_group,
     patch_embed_trains,
 )
-from runfolder.negatives import NEGATIVES_PER_QUERY
-from runfolder.negatives import from_config as negatives_from_config
-from runfolder.rows import KEYS, decode_value, dedup_key
-from runfolder.states import IN_PROGRESS, STATES
+from moco3.runfolder.negatives import NEGATIVES_PER_QUERY
+from moco3.runfolder.negatives import from_config as negatives_from_config
+from moco3.runfolder.rows import KEYS, decode_value, dedup_key
+from moco3.runfolder.states import IN_PROGRESS, STATES
 
 RUN_FILES = (layout.CONFIG, layout.STATUS, layout.SUMMARY, layout.METRICS, layout.ENV)
 
 KNOWN_KEYS = KEYS
-# moco3 writes non-finite floats as strings (runfolder.rows); Python's json writes NaN.
+# moco3 writes non-finite floats as strings (moco3.runfolder.rows); Python's json writes NaN.
 _NON_FINITE_BYTES = (b'"nan"', b'"inf"', b'"-inf"', b"NaN", b"Infinity")
 
 

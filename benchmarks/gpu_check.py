@@ -185,10 +185,10 @@ from moco3.precision import (  # noqa: E402
     cuda_has_native_bf16,
     resolve_precision,
 )
+from moco3.runfolder.fields import GRAD_GROUPS  # noqa: E402
 from moco3.schedules import scaled_lr  # noqa: E402
 from moco3.step import MocoStep  # noqa: E402
 from moco3.train import train  # noqa: E402
-from runfolder.fields import GRAD_GROUPS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("environment", "correctness", "distributed", "resume", "data", "speed")

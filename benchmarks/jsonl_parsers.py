@@ -32,8 +32,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
-from analysis.linescan import TRAIN_PREFIXES, scan_lines  # noqa: E402
 from benchmarks.report_cache import write_runs  # noqa: E402
+from moco3.analysis.linescan import TRAIN_PREFIXES, scan_lines  # noqa: E402
 
 COLUMNS = ["step", "grad_norm_patch_embed", "grad_norm_first_block", "grad_norm_last_block"]
 

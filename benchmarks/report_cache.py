@@ -54,8 +54,8 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from analysis.reference import REFERENCES  # noqa: E402
-from runfolder.instability import find_dips, max_dip  # noqa: E402
+from moco3.analysis.reference import REFERENCES  # noqa: E402
+from moco3.runfolder.instability import find_dips, max_dip  # noqa: E402
 
 KNN_EVERY = 100
 PROBE_EPOCHS = 10

@@ -1,6 +1,6 @@
 """The job of one run as a submitit callable, and as a command for the local pool.
 
-    python -m experiments.job RUN_DIR [--config-sha256 HEX] [--threads N]
+    python -m moco3.experiments.job RUN_DIR [--config-sha256 HEX] [--threads N]
 
 Both run `moco3.job.run_job`: pre-train (resuming from the run folder's checkpoints), then
 the linear probe, every failure recorded in the run folder. `checkpoint()` - submitit's
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import submitit
 
-from runfolder.states import RESULTS
+from moco3.runfolder.states import RESULTS
 
 
 class RunJob:
@@ -47,14 +47,14 @@ class RunJob:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.job",
+    p = argparse.ArgumentParser(prog="python -m moco3.experiments.job",
                                 description="Run one run folder's job here.")
     p.add_argument("run_dir")
     p.add_argument("--config-sha256", default=None,
                    help="sha256 of the config.yaml the launcher wrote (refuse an edited one)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of a CPU run")
     args = p.parse_args(argv)
-    from runfolder.joblock import RunFolderBusy
+    from moco3.runfolder.joblock import RunFolderBusy
 
     try:
         state = RunJob(args.run_dir, args.config_sha256, args.threads)()

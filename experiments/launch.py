@@ -37,12 +37,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments import cost, progress, run_id_args, slurm_jobs
-from experiments.compose_errors import check_composition
-from experiments.grid import GridError, PlannedRun, expand, study_findings
-from experiments.job import RunJob
-from experiments.local_pool import pool_alive
-from experiments.rundir import (
+from moco3.config import ConfigError
+from moco3.experiments import cost, progress, run_id_args, slurm_jobs
+from moco3.experiments.compose_errors import check_composition
+from moco3.experiments.grid import GridError, PlannedRun, expand, study_findings
+from moco3.experiments.job import RunJob
+from moco3.experiments.local_pool import pool_alive
+from moco3.experiments.rundir import (
     MANIFEST,
     Decision,
     LaunchError,
@@ -56,11 +57,10 @@ from experiments.rundir import (
     write_manifest,
     write_run,
 )
-from experiments.schema import LAUNCHERS, LaunchConfig, LauncherConfig, register
-from moco3.config import ConfigError
-from runfolder.cli import invoked_as
-from runfolder.states import RESULTS
-from runfolder.study import write_study
+from moco3.experiments.schema import LAUNCHERS, LaunchConfig, LauncherConfig, register
+from moco3.runfolder.cli import invoked_as
+from moco3.runfolder.states import RESULTS
+from moco3.runfolder.study import write_study
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 CONF_ENV = "MOCO3_CONF_DIR"
@@ -506,7 +506,7 @@ class Launch:
             # a step boundary. The runs share the pool's process group, so killing that
             # group ends all of them.
             self.pool = subprocess.Popen(
-                [sys.executable, "-m", "experiments.local_pool", str(folder / "plan.json")],
+                [sys.executable, "-m", "moco3.experiments.local_pool", str(folder / "plan.json")],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         job_id = f"local:{socket.gethostname()}:{self.pool.pid}"
         return {r.run_id: job_id for r in todo}

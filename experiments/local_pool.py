@@ -1,10 +1,10 @@
 """The local launcher's worker: runs a launch's jobs on this machine, `parallel` at a time.
 
-    python -m experiments.local_pool PLAN.json
+    python -m moco3.experiments.local_pool PLAN.json
 
 The launcher writes PLAN.json and starts this as a detached process; its pid is the "job
 id" of every run it holds (`local:<host>:<pid>`), so a second launch sees queued and running
-runs as alive. Each run is its own process - `python -m experiments.job RUN_DIR`, or one
+runs as alive. Each run is its own process - `python -m moco3.experiments.job RUN_DIR`, or one
 process per GPU through torch.distributed.run for multi-GPU runs - with its threads
 (OMP_NUM_THREADS and --threads) and its GPUs (CUDA_VISIBLE_DEVICES; empty
 for CPU runs). The runs share the pool's process group. SIGTERM/SIGINT stop it: no new runs
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-MARKER = "experiments.local_pool"  # in the command line of a live pool (pid-reuse check)
+MARKER = "moco3.experiments.local_pool"  # in the command line of a live pool (pid-reuse check)
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Pool:
         self.failed: list[str] = []
 
     def _command(self, run: dict[str, Any]) -> list[str]:
-        job = ["-m", "experiments.job", run["run_dir"]]
+        job = ["-m", "moco3.experiments.job", run["run_dir"]]
         if run.get("config_sha256"):
             job += ["--config-sha256", run["config_sha256"]]
         if run.get("threads"):

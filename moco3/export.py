@@ -38,7 +38,7 @@ from moco3.augment import IMAGENET_MEAN, IMAGENET_STD
 from moco3.build import build_moco
 from moco3.config import ConfigError, config_hash, load_run_config
 from moco3.model import MoCo
-from runfolder import cli
+from moco3.runfolder import cli
 
 FORMATS = layouts.FORMATS
 DEFAULT_NAMES = {"timm": "timm.safetensors", "deit": "deit.pth", "moco": "moco.pth.tar"}

@@ -66,8 +66,8 @@ ALLOWED_SPELLINGS: dict[tuple[str, tuple[str, ...]], str] = {
 def _contract_spellings(path: Path) -> list[tuple[str, ...]]:
     """The tuple/list/set literals of `path` that re-spell part of the run-folder contract:
     2+ state names, 2+ gradient groups, or 3+ status.json/summary.json keys, and nothing else."""
-    from runfolder.fields import GRAD_GROUPS, STATUS_KEYS, SUMMARY_EXTRA_KEYS, SUMMARY_KEYS
-    from runfolder.states import STATES, UNKNOWN
+    from moco3.runfolder.fields import GRAD_GROUPS, STATUS_KEYS, SUMMARY_EXTRA_KEYS, SUMMARY_KEYS
+    from moco3.runfolder.states import STATES, UNKNOWN
 
     lists = ((set(STATES) | {UNKNOWN}, 2), (set(GRAD_GROUPS), 2),
              (STATUS_KEYS | SUMMARY_KEYS | SUMMARY_EXTRA_KEYS, 3))

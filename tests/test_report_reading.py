@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.linescan import scan_lines
-from analysis.rundata import load_train_rows, scan_metrics
+from moco3.analysis.linescan import scan_lines
+from moco3.analysis.rundata import load_train_rows, scan_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
