@@ -20,31 +20,27 @@ be written.
 
 from __future__ import annotations
 
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
+import argparse
+import datetime as _dt
+import json
+import multiprocessing
+import os
+import shutil
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script (python analysis/report.py): import the package, not sibling files
-    # (a sibling on sys.path[0] would shadow e.g. PyTables' "tables" for pandas).
-    _here = Path(__file__).resolve().parent
-    if sys.path and Path(sys.path[0] or ".").resolve() == _here:
-        sys.path.pop(0)
-    sys.path.insert(0, str(_here.parent))
+import pandas as pd
 
-import argparse  # noqa: E402
-import datetime as _dt  # noqa: E402
-import json  # noqa: E402
-import multiprocessing  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-
-import pandas as pd  # noqa: E402
-
-from moco3.analysis import figuredata, tables, verdicts  # noqa: E402
-from moco3.analysis.collect import (  # noqa: E402
+from moco3.analysis import figuredata, tables, verdicts
+from moco3.analysis.collect import (
     ENV_VAR,
     EVAL_KINDS,
     Collection,
@@ -53,10 +49,10 @@ from moco3.analysis.collect import (  # noqa: E402
     cpus,
     resolve_runs_root,
 )
-from moco3.analysis.reference import REFERENCES  # noqa: E402
-from moco3.analysis.study import load_study  # noqa: E402
-from moco3.runfolder import cli  # noqa: E402
-from moco3.runfolder.states import DISPLAY_ORDER, IN_PROGRESS  # noqa: E402
+from moco3.analysis.reference import REFERENCES
+from moco3.analysis.study import load_study
+from moco3.runfolder import cli
+from moco3.runfolder.states import DISPLAY_ORDER, IN_PROGRESS
 
 FIGURE_MANIFEST = ".figures.json"
 SKIPPED_LIST_CAP = 40

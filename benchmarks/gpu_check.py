@@ -121,17 +121,13 @@ the seconds each section took.
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 _STARTED = time.perf_counter()  # the budget counts the imports below too
 
-if __package__ in (None, ""):
-    _here = Path(__file__).resolve().parent
-    if sys.path and Path(sys.path[0] or ".").resolve() == _here:
-        sys.path.pop(0)
-    sys.path.insert(0, str(_here.parent))
+import moco3  # noqa: E402
+
+moco3.run_as_script(__file__)
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -144,12 +140,14 @@ import platform  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from datetime import timedelta  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any, TypeVar  # noqa: E402
 
 import numpy as np  # noqa: E402

@@ -18,6 +18,11 @@ command line or MOCO3_CONF_DIR (paths separated by ':'); they join Hydra's searc
 
 from __future__ import annotations
 
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
 import json
 import os
 import shlex

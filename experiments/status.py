@@ -14,6 +14,11 @@ when there is no runs root, 1 when it holds no such ablation.
 
 from __future__ import annotations
 
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
 import argparse
 import sys
 from pathlib import Path

@@ -15,6 +15,11 @@ bar shows the step, the loss, the last kNN accuracy and images/s.
 
 from __future__ import annotations
 
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
 import json
 import sys
 import time

@@ -16,6 +16,11 @@ themselves are in moco3/export_layouts.py.
 
 from __future__ import annotations
 
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
 import argparse
 import json
 import os

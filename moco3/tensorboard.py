@@ -17,6 +17,11 @@ what it wrote before.
 
 from __future__ import annotations
 
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
 import os
 import sys
 from collections.abc import Sequence
