@@ -18,6 +18,7 @@ from pathlib import Path
 
 import submitit
 
+from moco3.experiments.start_failure import last_error_line, record_start_failure
 from moco3.runfolder.states import RESULTS
 
 
@@ -33,8 +34,14 @@ class RunJob:
         self.threads = threads
 
     def __call__(self) -> str:
-        from moco3.job import run_job  # the launcher pickles this object without torch
-
+        try:
+            from moco3.job import run_job  # the launcher pickles this object without torch
+        except Exception as err:
+            # The job's code cannot be imported, so run_job cannot record why: say it in the
+            # run folder (the traceback goes to this process's log, which logs/ holds).
+            record_start_failure(self.run_dir, "the job could not start: "
+                                 f"{type(err).__name__}: {err}".strip())
+            raise
         return run_job(self.run_dir, self.config_sha256, self.threads)
 
     def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
@@ -62,10 +69,10 @@ def main(argv: list[str]) -> int:
         print(f"job refused: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # recorded in the run folder; the traceback goes to this log
-        from moco3.job import error_sentence
-
         traceback.print_exc()
-        print(f"job failed: {error_sentence(err)}", file=sys.stderr)
+        # Not moco3.job's error_sentence: the failure may be that moco3.job cannot be imported.
+        print(f"job failed: {last_error_line(''.join(traceback.format_exception_only(err)))}",
+              file=sys.stderr)
         return 1
     return 0 if state in RESULTS else 1
 

@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from moco3.experiments.start_failure import last_error_line, record_start_failure
+
 MARKER = "moco3.experiments.local_pool"  # in the command line of a live pool (pid-reuse check)
+# Written beside PLAN.json once the pool runs (its imports worked, its plan is read): until
+# then the launcher watches it, and records in the run folders why a pool that died first did.
+STARTED = "started"
 
 
 @dataclass
@@ -34,6 +39,8 @@ class _Active:
     process: subprocess.Popen[bytes]
     gpus: list[int]
     log: TextIO
+    run_dir: str
+    log_from: int  # where this job's output starts in its log (the file is appended to)
 
 
 @dataclass
@@ -81,7 +88,8 @@ class Pool:
         # In the pool's process group: whoever kills that group ends every run with it.
         process = subprocess.Popen(self._command(run), cwd=self.cwd, env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
-        self.active.append(_Active(run["run_id"], process, gpus, log))
+        self.active.append(_Active(run["run_id"], process, gpus, log, run["run_dir"],
+                                   log.tell()))
 
     def _fits(self, run: dict[str, Any]) -> bool:
         return len(self.active) < self.parallel and len(self.free) >= run["gpus"]
@@ -97,8 +105,26 @@ class Pool:
             job.log.close()
             if code != 0:
                 self.failed.append(job.run_id)
+                if not self.stopping:  # (a run stopped before it started stays pending)
+                    self._record_start_failure(job, code)
         while not self.stopping and self.queue and self._fits(self.queue[0]):
             self._start(self.queue.pop(0))
+
+    def _record_start_failure(self, job: _Active, code: int) -> None:
+        """A job that ended before it wrote its status (its code could not even be imported,
+        or it was killed at start): its run folder says `failed`, with the error its output
+        ends with; that output is already in the run's logs/."""
+        log = Path(job.run_dir) / "logs" / f"{self.launch_id}.log"
+        try:
+            with open(log, errors="replace") as handle:
+                handle.seek(job.log_from)
+                output = handle.read()
+        except OSError:
+            output = ""
+        reason = last_error_line(output) or (f"killed by signal {-code}" if code < 0
+                                             else f"exit status {code}, no output")
+        record_start_failure(job.run_dir, f"the job could not start: {reason} (its output: "
+                             f"{log})")
 
     def stop(self, *_: object) -> None:
         """Start nothing more; ask running runs to checkpoint and stop."""
@@ -141,6 +167,7 @@ def main(argv: list[str]) -> int:
                 plan.get("cwd", "."))
     signal.signal(signal.SIGTERM, pool.stop)
     signal.signal(signal.SIGINT, pool.stop)
+    (Path(argv[0]).parent / STARTED).write_text(str(os.getpid()))
     return pool.run()
 
 
