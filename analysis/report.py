@@ -9,7 +9,7 @@ run states, and what was skipped or repaired and why), ``<out>/tables/<ablation>
 csv}``, ``<out>/figures/<ablation>_<figure>.{png,pdf}`` and ``<out>/runs.csv`` (the runs
 table). Parsed run folders are cached under the runs root and a figure whose data has not
 changed is not redrawn, so rebuilding after a few runs moved on is quick. Never imports torch
-or moco3: a report can be rebuilt anywhere from copied logs. The report is built in a
+or moco3's job code: a report can be rebuilt anywhere from copied logs. The report is built in a
 temporary folder, ``<out>/.building-<pid>``, and swapped in when complete: a build that fails leaves
 the previous report as it was, and no half-written one.
 
