@@ -1,7 +1,8 @@
 """Analysis of moco3 run folders: tables against the paper, instability figures, a report.
 
 Reads run folders only (``<runs_root>/<ablation>/<run_id>/``: config.yaml, status.json,
-metrics.jsonl, summary.json) and never imports torch or moco3, so a report can be rebuilt
+metrics.jsonl, summary.json) and never imports torch or moco3's job code (imported as
+``moco3.analysis``, it needs only the light package root), so a report can be rebuilt
 anywhere from copied logs. ``python analysis/report.py`` builds everything.
 
     rundata      read one run folder tolerantly      summarize  summary numbers from metrics
@@ -12,5 +13,5 @@ anywhere from copied logs. ``python analysis/report.py`` builds everything.
     verdicts     a verdict per finding               report     the report command
 
 The run-folder contract (file names, states, row kinds, the spike and dip rules) is the
-``runfolder`` package, which the training job and the launcher import too.
+``moco3.runfolder`` package, which the training job and the launcher import too.
 """

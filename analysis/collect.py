@@ -7,11 +7,11 @@
   numbers (summary.json, or derived from metrics.jsonl when it is missing or null), scale,
   config_hash, and bookkeeping (run_dir relative to the root, factor_names, factor_label).
 * ``steps`` -- the metrics rows of the requested kinds, deduplicated per run by (kind, step)
-  keeping the last (see ``runfolder.rows.dedup_key``), with ablation/run_id/run_dir.
+  keeping the last (see ``moco3.runfolder.rows.dedup_key``), with ablation/run_id/run_dir.
 * ``warnings`` -- one line per problem found, each naming its file: runs in progress, a
   truncated last line, a missing summary, unknown keys, an unwritable cache.
 
-Parsed results are cached as parquet under ``<runs_root>/.cache/`` (``analysis.cache``) keyed
+Parsed results are cached as parquet under ``<runs_root>/.cache/`` (``moco3.analysis.cache``) keyed
 by each file's size and mtime, so a rebuild re-reads only the runs that changed. Train rows
 (the bulk of every metrics file) are parsed only when asked for: ``kinds`` including
 "train", or ``Collection.train_steps`` for a few runs.
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.cache import ParseCache, file_key
-from analysis.rundata import RUN_FILES, RunData, load_train_rows, read_run
-from runfolder.layout import ENV_RUNS_ROOT
-from runfolder.layout import runs_root as layout_runs_root
+from moco3.analysis.cache import ParseCache, file_key
+from moco3.analysis.rundata import RUN_FILES, RunData, load_train_rows, read_run
+from moco3.runfolder.layout import ENV_RUNS_ROOT
+from moco3.runfolder.layout import runs_root as layout_runs_root
 
 ENV_VAR = ENV_RUNS_ROOT
 ALL_KINDS = ("train", "knn", "probe", "event")

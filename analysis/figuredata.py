@@ -3,7 +3,7 @@
 A :class:`FigureSpec` holds the few hundred to few thousand points a figure draws (means and
 stds per factor value and x, downsampled gradient norms), so drawing costs the same for 2
 runs or 1,000, and ``digest()`` lets the report skip redrawing a figure whose data did not
-change. This module imports no plotting library; ``analysis.plots`` draws the specs.
+change. This module imports no plotting library; ``moco3.analysis.plots`` draws the specs.
 
 Figures of an ablation (``figure_specs``):
 
@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.collect import Collection, factor_column
-from analysis.reference import reference_for
-from analysis.tables import METRIC_NAMES, AblationTable, level_sort_key
-from runfolder.instability import SPIKE_FACTOR, SPIKE_MIN_HISTORY, SPIKE_WINDOW
-from runfolder.states import DIVERGED, DONE, TRAINED
+from moco3.analysis.collect import Collection, factor_column
+from moco3.analysis.reference import reference_for
+from moco3.analysis.tables import METRIC_NAMES, AblationTable, level_sort_key
+from moco3.runfolder.instability import SPIKE_FACTOR, SPIKE_MIN_HISTORY, SPIKE_WINDOW
+from moco3.runfolder.states import DIVERGED, DONE, TRAINED
 
 FORMATS = ("png", "pdf")  # every figure is written in each
 MAX_PANELS = 6

@@ -7,7 +7,7 @@ into 10,000 ``bytes`` objects and testing each costs ~10 ms of Python per run (1
 arrays costs ~1 ms, and only the ~1 % of lines that are not train rows become Python
 objects. numpy releases the GIL for this work, so runs can be scanned in threads.
 
-A line is *plainly* a train row when it starts with one of runfolder.rows.TRAIN_PREFIXES
+A line is *plainly* a train row when it starts with one of moco3.runfolder.rows.TRAIN_PREFIXES
 (``{"kind": "train"`` or ``{"kind":"train"``: how json.dumps and compact writers spell a row
 whose first key is kind). Every other non-blank line is returned to be parsed, so a writer
 with another key order is still read right, only slower.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runfolder.rows import TRAIN_PREFIXES
+from moco3.runfolder.rows import TRAIN_PREFIXES
 
 _WIDTH = max(len(p) for p in TRAIN_PREFIXES)
 # Each prefix as (its first 8 bytes, its last 8 bytes, where those start), little-endian.

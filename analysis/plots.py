@@ -1,4 +1,4 @@
-"""Draw the figures described by ``analysis.figuredata`` (seaborn style, Agg backend).
+"""Draw the figures described by ``moco3.analysis.figuredata`` (seaborn style, Agg backend).
 
 One consistent style (``apply_style``): seaborn's whitegrid theme and colorblind palette,
 labelled axes, legends titled with the factor names, PNG (150 dpi) and PDF. Figures are
@@ -25,9 +25,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
-from analysis.figuredata import FORMATS, FigureSpec  # noqa: E402
-from analysis.tables import METRIC_NAMES  # noqa: E402
-from runfolder.states import DIVERGED
+from moco3.analysis.figuredata import FORMATS, FigureSpec  # noqa: E402
+from moco3.analysis.tables import METRIC_NAMES  # noqa: E402
+from moco3.runfolder.states import DIVERGED
 
 DPI = 150
 X_LABELS = {"epoch": "epoch", "images_seen": "images seen", "step": "step"}

@@ -9,7 +9,7 @@ run states, and what was skipped or repaired and why), ``<out>/tables/<ablation>
 csv}``, ``<out>/figures/<ablation>_<figure>.{png,pdf}`` and ``<out>/runs.csv`` (the runs
 table). Parsed run folders are cached under the runs root and a figure whose data has not
 changed is not redrawn, so rebuilding after a few runs moved on is quick. Never imports torch
-or moco3: a report can be rebuilt anywhere from copied logs. The report is built in a
+or moco3's job code: a report can be rebuilt anywhere from copied logs. The report is built in a
 temporary folder, ``<out>/.building-<pid>``, and swapped in when complete: a build that fails leaves
 the previous report as it was, and no half-written one.
 
@@ -20,31 +20,27 @@ be written.
 
 from __future__ import annotations
 
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
+import argparse
+import datetime as _dt
+import json
+import multiprocessing
+import os
+import shutil
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script (python analysis/report.py): import the package, not sibling files
-    # (a sibling on sys.path[0] would shadow e.g. PyTables' "tables" for pandas).
-    _here = Path(__file__).resolve().parent
-    if sys.path and Path(sys.path[0] or ".").resolve() == _here:
-        sys.path.pop(0)
-    sys.path.insert(0, str(_here.parent))
+import pandas as pd
 
-import argparse  # noqa: E402
-import datetime as _dt  # noqa: E402
-import json  # noqa: E402
-import multiprocessing  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-
-import pandas as pd  # noqa: E402
-
-from analysis import figuredata, tables, verdicts  # noqa: E402
-from analysis.collect import (  # noqa: E402
+from moco3.analysis import figuredata, tables, verdicts
+from moco3.analysis.collect import (
     ENV_VAR,
     EVAL_KINDS,
     Collection,
@@ -53,10 +49,10 @@ from analysis.collect import (  # noqa: E402
     cpus,
     resolve_runs_root,
 )
-from analysis.reference import REFERENCES  # noqa: E402
-from analysis.study import load_study  # noqa: E402
-from runfolder import cli  # noqa: E402
-from runfolder.states import (  # noqa: E402
+from moco3.analysis.reference import REFERENCES
+from moco3.analysis.study import load_study
+from moco3.runfolder import cli
+from moco3.runfolder.states import (
     DISPLAY_ORDER,
     DIVERGED,
     DONE,
@@ -242,7 +238,7 @@ def _draw(items: list[tuple[figuredata.FigureSpec, Path]], formats: tuple[str, .
         return
     # Plotting libraries load only when something is drawn: an unchanged report and the
     # quick exits stay quick.
-    from analysis import plots
+    from moco3.analysis import plots
 
     workers = min(cpus(), MAX_DRAWERS, len(items) // MIN_FIGURES_PER_DRAWER)
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():

@@ -4,7 +4,7 @@ Everything here takes the path of one run folder and returns plain Python data p
 of warning strings; nothing raises on bad content. Rules of the run-folder contract
 (the ``runfolder`` package):
 
-* metrics.jsonl is read by ``runfolder.rows``' rules, not re-spelled here: what a row is
+* metrics.jsonl is read by ``moco3.runfolder.rows``' rules, not re-spelled here: what a row is
   (``parse_row``: a JSON object with ``kind`` and ``step``, non-finite strings decoded), a
   torn last line (``split_complete``: skipped and reported), and which rows are repeats
   (``dedup_key``, ``keep_last``: folders written before rows were exactly once may repeat
@@ -29,21 +29,21 @@ import orjson
 import pandas as pd
 import yaml
 
-from analysis.linescan import scan_lines
-from analysis.reference import normalize_label
-from analysis.summarize import from_eval_rows
-from runfolder import layout
-from runfolder.atomic import read_json_list
-from runfolder.fields import (
+from moco3.analysis.linescan import scan_lines
+from moco3.analysis.reference import normalize_label
+from moco3.analysis.summarize import from_eval_rows
+from moco3.runfolder import layout
+from moco3.runfolder.atomic import read_json_list
+from moco3.runfolder.fields import (
     STATUS_KEYS,
     SUMMARY_EXTRA_KEYS,
     SUMMARY_KEYS,
     first_layer_group,
     patch_embed_trains,
 )
-from runfolder.negatives import NEGATIVES_PER_QUERY
-from runfolder.negatives import from_config as negatives_from_config
-from runfolder.rows import (
+from moco3.runfolder.negatives import NEGATIVES_PER_QUERY
+from moco3.runfolder.negatives import from_config as negatives_from_config
+from moco3.runfolder.rows import (
     KEYS,
     NON_FINITE_TOKENS,
     TRAIN_PREFIXES,
@@ -54,7 +54,7 @@ from runfolder.rows import (
     repeated_warning,
     split_complete,
 )
-from runfolder.states import DIVERGED, IN_PROGRESS, NO_METRICS_YET, STATES, UNKNOWN
+from moco3.runfolder.states import DIVERGED, IN_PROGRESS, NO_METRICS_YET, STATES, UNKNOWN
 
 RUN_FILES = (layout.CONFIG, layout.STATUS, layout.SUMMARY, layout.METRICS, layout.ENV)
 
@@ -214,7 +214,7 @@ def load_train_rows(path: Path, force_slow: bool = False, columns: list[str] | N
         frame = frame[[c for c in dict.fromkeys(["step", *columns]) if c in frame.columns]]
     if "step" not in frame.columns:
         frame["step"] = pd.Series(dtype="int64")
-    stepless = frame["step"].isna()  # not rows (runfolder.rows.ROW_FIELDS); the fast
+    stepless = frame["step"].isna()  # not rows (moco3.runfolder.rows.ROW_FIELDS); the fast
     if stepless.any():  # readers keep them, the json-module one refuses them itself
         warnings.append(f"{path.name}: skipped {int(stepless.sum())} corrupt train line(s) "
                         "(no step)")

@@ -1,4 +1,4 @@
-"""A study's declared findings and paper-scale cost, from its study.json (runfolder.study).
+"""A study's declared findings and paper-scale cost, from its study.json (moco3.runfolder.study).
 
 The report judges whatever a study declares: the paper's findings for the studies shipped in
 experiments/conf/ablation, a user's own for theirs. An ablation folder without study.json (a
@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.reference import normalize_label
-from runfolder.study import Finding, FindingError, parse_findings, read_study
+from moco3.analysis.reference import normalize_label
+from moco3.runfolder.study import Finding, FindingError, parse_findings, read_study
 
 __all__ = ["Finding", "Study", "load_study"]
 

@@ -2,7 +2,7 @@
 
 Used when summary.json is missing (a run in progress, killed, or from an older writer) or
 leaves a number null. Same field names and the same instability rules
-(``runfolder.instability``) as the training job's summary.json: the spike counts are the
+(``moco3.runfolder.instability``) as the training job's summary.json: the spike counts are the
 job's own ``grad_spike`` events (it checks every step; the logged train rows hold only
 every ``log_every``-th norm, so recounting them would disagree), the dips are recomputed
 from the kNN rows, which the job writes at every evaluation it checks.
@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from runfolder.fields import LAST_LAYER_GROUP
-from runfolder.instability import DIP_POINTS, find_dips, max_dip
+from moco3.runfolder.fields import LAST_LAYER_GROUP
+from moco3.runfolder.instability import DIP_POINTS, find_dips, max_dip
 
 
 def _finite_values(values: Sequence) -> list[float]:

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis.collect import factor_column
-from analysis.reference import level_rank, paper_number, reference_for
-from runfolder.states import DISPLAY_ORDER, DIVERGED, FINISHED, TRAINED, UNKNOWN
+from moco3.analysis.collect import factor_column
+from moco3.analysis.reference import level_rank, paper_number, reference_for
+from moco3.runfolder.states import DISPLAY_ORDER, DIVERGED, FINISHED, TRAINED, UNKNOWN
 
 METRICS = ("linear_top1", "knn_top1")
 METRIC_NAMES = {"linear_top1": "linear top-1", "knn_top1": "kNN top-1"}
@@ -102,7 +102,7 @@ def choose_metric(runs: pd.DataFrame, metric: str | None) -> str:
 
 def ablation_table(runs: pd.DataFrame, ablation: str, metric: str | None = None
                    ) -> AblationTable:
-    """The table of ``ablation`` from the runs table of ``analysis.collect``."""
+    """The table of ``ablation`` from the runs table of ``moco3.analysis.collect``."""
     runs = runs[runs["ablation"] == ablation]
     factors = ablation_factors(runs)
     metric = choose_metric(runs, metric)

@@ -1,7 +1,7 @@
 """A verdict on each finding a study declares, by standard tests over its seeds.
 
 A finding (declared in the ablation YAML's `findings:` block, recorded by the launcher in the
-study's study.json, read here by ``analysis.study``) compares group A with group B - each a
+study's study.json, read here by ``moco3.analysis.study``) compares group A with group B - each a
 selection of factor levels - on one metric, and says which sign the paper found A - B to
 have. Over the groups' seeds (analysis/stats.py, scipy.stats):
 
@@ -32,11 +32,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis import stats
-from analysis.collect import factor_column
-from analysis.reference import normalize_label
-from analysis.study import Finding, Study
-from runfolder.states import DONE, TRAINED
+from moco3.analysis import stats
+from moco3.analysis.collect import factor_column
+from moco3.analysis.reference import normalize_label
+from moco3.analysis.study import Finding, Study
+from moco3.runfolder.states import DONE, TRAINED
 
 ACCURACY = ("linear_top1", "knn_top1")
 COLUMNS = ["finding", "metric", "A", "B", "diff", "ci_low", "ci_high", "g", "test", "p",

@@ -16,25 +16,23 @@ Libraries that are not installed are skipped (DuckDB is not a dependency of moco
 
 from __future__ import annotations
 
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
+import argparse
+import io
+import json
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-if __package__ in (None, ""):
-    _here = Path(__file__).resolve().parent
-    if sys.path and Path(sys.path[0] or ".").resolve() == _here:
-        sys.path.pop(0)
-    sys.path.insert(0, str(_here.parent))
-
-import argparse  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-from analysis.linescan import scan_lines  # noqa: E402
-from benchmarks.report_cache import write_runs  # noqa: E402
-from runfolder.rows import TRAIN_PREFIXES  # noqa: E402
+from benchmarks.report_cache import write_runs
+from moco3.analysis.linescan import scan_lines
+from moco3.runfolder.rows import TRAIN_PREFIXES
 
 COLUMNS = ["step", "grad_norm_patch_embed", "grad_norm_first_block", "grad_norm_last_block"]
 

@@ -33,29 +33,27 @@ generator, not the report); every run gets its own kNN, probe and summary number
 
 from __future__ import annotations
 
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
+import argparse
+import itertools
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    _here = Path(__file__).resolve().parent
-    if sys.path and Path(sys.path[0] or ".").resolve() == _here:
-        sys.path.pop(0)
-    sys.path.insert(0, str(_here.parent))
-
-import argparse  # noqa: E402
-import itertools  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-from analysis.reference import REFERENCES  # noqa: E402
-from runfolder.instability import find_dips, max_dip  # noqa: E402
+from moco3.analysis.reference import REFERENCES
+from moco3.runfolder.instability import find_dips, max_dip
 
 KNN_EVERY = 100
 PROBE_EPOCHS = 10

@@ -40,37 +40,37 @@ timed, so ratios against it can overstate moco3: give --official-code for the re
 
 from __future__ import annotations
 
-import sys
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import benchmarks/ as a package
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-import torch  # noqa: E402
-
-from benchmarks.official_code import (  # noqa: E402
+from benchmarks.official_code import (
     build_official_model,
     ensure_process_group,
     load_official,
     official_step,
 )
-from moco3.archs import VIT_ARCHS  # noqa: E402
-from moco3.build import (  # noqa: E402
+from moco3.archs import VIT_ARCHS
+from moco3.build import (
     fused_attention_is_faster,
     use_fastest_step,
     views_batched_is_faster,
 )
-from moco3.model import MoCo, build_model  # noqa: E402
-from moco3.negatives import build_negatives  # noqa: E402
-from moco3.optim import build_optimizer  # noqa: E402
-from moco3.precision import autocast_dtype, cpu_kind, resolve_precision  # noqa: E402
-from moco3.provenance import cpu_model  # noqa: E402
-from moco3.step import MocoStep  # noqa: E402
+from moco3.model import MoCo, build_model
+from moco3.negatives import build_negatives
+from moco3.optim import build_optimizer
+from moco3.precision import autocast_dtype, cpu_kind, resolve_precision
+from moco3.provenance import cpu_model
+from moco3.step import MocoStep
 
 PLAIN_VITS = tuple(a for a, spec in VIT_ARCHS.items() if not spec.get("patch_embed"))
 # Dense (no sparsity) 16-bit tensor-core peak per card, TFLOP/s, from NVIDIA's datasheets:

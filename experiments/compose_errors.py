@@ -23,7 +23,7 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from experiments.schema import LaunchConfig, register
+from moco3.experiments.schema import LaunchConfig, register
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 VERBOSE = "--verbose"

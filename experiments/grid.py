@@ -23,10 +23,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.schema import SCALES, GridConfig, ResourcesConfig
 from moco3.archs import applies
 from moco3.config import ConfigError, RunConfig, config_hash, to_run_config
-from runfolder.study import Finding, FindingError, parse_findings
+from moco3.experiments.schema import SCALES, GridConfig, ResourcesConfig
+from moco3.runfolder.study import Finding, FindingError, parse_findings
 
 RUN_KEYS = tuple(RunConfig.__dataclass_fields__)  # seed, model, moco, data, ...
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,-]")

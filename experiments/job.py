@@ -1,6 +1,6 @@
 """The job of one run as a submitit callable, and as a command for the local pool.
 
-    python -m experiments.job RUN_DIR [--config-sha256 HEX] [--threads N]
+    python -m moco3.experiments.job RUN_DIR [--config-sha256 HEX] [--threads N]
 
 Both run `moco3.job.run_job`: pre-train (resuming from the run folder's checkpoints), then
 the linear probe, every failure recorded in the run folder. `checkpoint()` - submitit's
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import submitit
 
-from runfolder.states import RESULTS
+from moco3.experiments.start_failure import last_error_line, record_start_failure
+from moco3.runfolder.states import RESULTS
 
 
 class RunJob:
@@ -33,8 +34,14 @@ class RunJob:
         self.threads = threads
 
     def __call__(self) -> str:
-        from moco3.job import run_job  # the launcher pickles this object without torch
-
+        try:
+            from moco3.job import run_job  # the launcher pickles this object without torch
+        except Exception as err:
+            # The job's code cannot be imported, so run_job cannot record why: say it in the
+            # run folder (the traceback goes to this process's log, which logs/ holds).
+            record_start_failure(self.run_dir, "the job could not start: "
+                                 f"{type(err).__name__}: {err}".strip())
+            raise
         return run_job(self.run_dir, self.config_sha256, self.threads)
 
     def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
@@ -47,14 +54,14 @@ class RunJob:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.job",
+    p = argparse.ArgumentParser(prog="python -m moco3.experiments.job",
                                 description="Run one run folder's job here.")
     p.add_argument("run_dir")
     p.add_argument("--config-sha256", default=None,
                    help="sha256 of the config.yaml the launcher wrote (refuse an edited one)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of a CPU run")
     args = p.parse_args(argv)
-    from runfolder.joblock import RunFolderBusy
+    from moco3.runfolder.joblock import RunFolderBusy
 
     try:
         state = RunJob(args.run_dir, args.config_sha256, args.threads)()
@@ -62,10 +69,10 @@ def main(argv: list[str]) -> int:
         print(f"job refused: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # recorded in the run folder; the traceback goes to this log
-        from moco3.job import error_sentence
-
         traceback.print_exc()
-        print(f"job failed: {error_sentence(err)}", file=sys.stderr)
+        # Not moco3.job's error_sentence: the failure may be that moco3.job cannot be imported.
+        print(f"job failed: {last_error_line(''.join(traceback.format_exception_only(err)))}",
+              file=sys.stderr)
         return 1
     return 0 if state in RESULTS else 1
 

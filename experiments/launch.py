@@ -18,6 +18,11 @@ command line or MOCO3_CONF_DIR (paths separated by ':'); they join Hydra's searc
 
 from __future__ import annotations
 
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
 import json
 import os
 import shlex
@@ -38,12 +43,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments import cost, progress, run_id_args, slurm_jobs
-from experiments.compose_errors import check_composition
-from experiments.grid import GridError, PlannedRun, expand, study_findings
-from experiments.job import RunJob
-from experiments.local_pool import pool_alive
-from experiments.rundir import (
+from moco3.config import ConfigError
+from moco3.experiments import cost, progress, run_id_args, slurm_jobs
+from moco3.experiments.compose_errors import check_composition
+from moco3.experiments.grid import GridError, PlannedRun, expand, study_findings
+from moco3.experiments.job import RunJob
+from moco3.experiments.local_pool import STARTED, pool_alive
+from moco3.experiments.rundir import (
     MANIFEST,
     Decision,
     LaunchError,
@@ -57,16 +63,17 @@ from experiments.rundir import (
     write_manifest,
     write_run,
 )
-from experiments.schema import LAUNCHERS, LaunchConfig, LauncherConfig, register
-from moco3.config import ConfigError
+from moco3.experiments.schema import LAUNCHERS, LaunchConfig, LauncherConfig, register
+from moco3.experiments.start_failure import last_error_line, record_start_failure
 from moco3.precision import resolve_precision
-from runfolder.cli import invoked_as
-from runfolder.states import RESULTS
-from runfolder.study import write_study
+from moco3.runfolder.cli import invoked_as
+from moco3.runfolder.states import RESULTS
+from moco3.runfolder.study import write_study
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 CONF_ENV = "MOCO3_CONF_DIR"
 PROFILE_ENV = "MOCO3_CLUSTER_PROFILE"
+POOL_START_S = 60.0  # how long a launch waits for its local pool to start (normally < 1 s)
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -511,10 +518,29 @@ class Launch:
             # a step boundary. The runs share the pool's process group, so killing that
             # group ends all of them.
             self.pool = subprocess.Popen(
-                [sys.executable, "-m", "experiments.local_pool", str(folder / "plan.json")],
+                [sys.executable, "-m", "moco3.experiments.local_pool", str(folder / "plan.json")],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._await_pool(folder, [jobs[r.run_id].run_dir for r in todo])
         job_id = f"local:{socket.gethostname()}:{self.pool.pid}"
         return {r.run_id: job_id for r in todo}
+
+    def _await_pool(self, folder: Path, run_dirs: list[str]) -> None:
+        """Until the pool runs (it writes STARTED beside its plan) or has died. One that died
+        first - its own imports failed, say - started no job, so nothing would say why in
+        the run folders: each gets `failed` with the pool's error, and its output in logs/."""
+        deadline = time.monotonic() + POOL_START_S
+        while not (folder / STARTED).exists() and time.monotonic() < deadline:
+            if self.pool.poll() is not None:
+                output = (folder / "pool.log").read_text(errors="replace")
+                reason = last_error_line(output) or f"exit status {self.pool.returncode}"
+                for run_dir in run_dirs:
+                    record_start_failure(run_dir, f"the local pool could not start: {reason} "
+                                         f"(its output: {folder / 'pool.log'})", output,
+                                         f"{self.launch_id}.log")
+                self.say(f"local: the pool could not start: {reason}; each run's status.json "
+                         "and logs/ say so")
+                return
+            time.sleep(0.05)
 
     def _submit_slurm(self, todo: list[PlannedRun], jobs: dict[str, RunJob],
                       launcher: DictConfig) -> dict[str, str]:

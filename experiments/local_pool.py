@@ -1,10 +1,10 @@
 """The local launcher's worker: runs a launch's jobs on this machine, `parallel` at a time.
 
-    python -m experiments.local_pool PLAN.json
+    python -m moco3.experiments.local_pool PLAN.json
 
 The launcher writes PLAN.json and starts this as a detached process; its pid is the "job
 id" of every run it holds (`local:<host>:<pid>`), so a second launch sees queued and running
-runs as alive. Each run is its own process - `python -m experiments.job RUN_DIR`, or one
+runs as alive. Each run is its own process - `python -m moco3.experiments.job RUN_DIR`, or one
 process per GPU through torch.distributed.run for multi-GPU runs - with its threads
 (OMP_NUM_THREADS and --threads) and its GPUs (CUDA_VISIBLE_DEVICES; empty
 for CPU runs). The runs share the pool's process group. SIGTERM/SIGINT stop it: no new runs
@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-MARKER = "experiments.local_pool"  # in the command line of a live pool (pid-reuse check)
+from moco3.experiments.start_failure import last_error_line, record_start_failure
+
+MARKER = "moco3.experiments.local_pool"  # in the command line of a live pool (pid-reuse check)
+# Written beside PLAN.json once the pool runs (its imports worked, its plan is read): until
+# then the launcher watches it, and records in the run folders why a pool that died first did.
+STARTED = "started"
 
 
 @dataclass
@@ -34,6 +39,8 @@ class _Active:
     process: subprocess.Popen[bytes]
     gpus: list[int]
     log: TextIO
+    run_dir: str
+    log_from: int  # where this job's output starts in its log (the file is appended to)
 
 
 @dataclass
@@ -54,7 +61,7 @@ class Pool:
         self.failed: list[str] = []
 
     def _command(self, run: dict[str, Any]) -> list[str]:
-        job = ["-m", "experiments.job", run["run_dir"]]
+        job = ["-m", "moco3.experiments.job", run["run_dir"]]
         if run.get("config_sha256"):
             job += ["--config-sha256", run["config_sha256"]]
         if run.get("threads"):
@@ -81,7 +88,8 @@ class Pool:
         # In the pool's process group: whoever kills that group ends every run with it.
         process = subprocess.Popen(self._command(run), cwd=self.cwd, env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
-        self.active.append(_Active(run["run_id"], process, gpus, log))
+        self.active.append(_Active(run["run_id"], process, gpus, log, run["run_dir"],
+                                   log.tell()))
 
     def _fits(self, run: dict[str, Any]) -> bool:
         return len(self.active) < self.parallel and len(self.free) >= run["gpus"]
@@ -97,8 +105,26 @@ class Pool:
             job.log.close()
             if code != 0:
                 self.failed.append(job.run_id)
+                if not self.stopping:  # (a run stopped before it started stays pending)
+                    self._record_start_failure(job, code)
         while not self.stopping and self.queue and self._fits(self.queue[0]):
             self._start(self.queue.pop(0))
+
+    def _record_start_failure(self, job: _Active, code: int) -> None:
+        """A job that ended before it wrote its status (its code could not even be imported,
+        or it was killed at start): its run folder says `failed`, with the error its output
+        ends with; that output is already in the run's logs/."""
+        log = Path(job.run_dir) / "logs" / f"{self.launch_id}.log"
+        try:
+            with open(log, errors="replace") as handle:
+                handle.seek(job.log_from)
+                output = handle.read()
+        except OSError:
+            output = ""
+        reason = last_error_line(output) or (f"killed by signal {-code}" if code < 0
+                                             else f"exit status {code}, no output")
+        record_start_failure(job.run_dir, f"the job could not start: {reason} (its output: "
+                             f"{log})")
 
     def stop(self, *_: object) -> None:
         """Start nothing more; ask running runs to checkpoint and stop."""
@@ -141,6 +167,7 @@ def main(argv: list[str]) -> int:
                 plan.get("cwd", "."))
     signal.signal(signal.SIGTERM, pool.stop)
     signal.signal(signal.SIGINT, pool.stop)
+    (Path(argv[0]).parent / STARTED).write_text(str(os.getpid()))
     return pool.run()
 
 

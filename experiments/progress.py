@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.rundir import MANIFEST, read_manifest
-from runfolder import layout
-from runfolder.atomic import read_json
-from runfolder.states import DIVERGED, DONE, ENDED, PENDING, RUNNING, UNKNOWN
+from moco3.experiments.rundir import MANIFEST, read_manifest
+from moco3.runfolder import layout
+from moco3.runfolder.atomic import read_json
+from moco3.runfolder.states import DIVERGED, DONE, ENDED, PENDING, RUNNING, UNKNOWN
 
 TAIL_BYTES = 65536  # the last kNN row is near the end of metrics.jsonl
 

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 from moco3.gitstate import git_state
-from runfolder.atomic import read_json_list, write_text
-from runfolder.layout import ENV
+from moco3.runfolder.atomic import read_json_list, write_text
+from moco3.runfolder.layout import ENV
 
 REPO = Path(__file__).resolve().parents[1]
 TIMES = "study_times.json"  # in the runs root: wall seconds per study, over invocations

@@ -14,7 +14,7 @@ command line's `only=` and `show=` are rewritten before Hydra parses them:
 
 from __future__ import annotations
 
-from experiments.rundir import LaunchError
+from moco3.experiments.rundir import LaunchError
 
 ONLY = "only="
 SHOW = "show="

@@ -23,13 +23,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.grid import PlannedRun, sanitize
 from moco3.code_identity import code_identity, same_commit
 from moco3.config import changed_keys
-from runfolder import layout
-from runfolder.atomic import read_json, read_json_list, write_json, write_text
-from runfolder.joblock import exclusive, holder
-from runfolder.states import FAILED, IN_PROGRESS, MAY_HAVE_A_JOB, PENDING, RESULTS
+from moco3.experiments.grid import PlannedRun, sanitize
+from moco3.runfolder import layout
+from moco3.runfolder.atomic import read_json, read_json_list, write_json, write_text
+from moco3.runfolder.joblock import exclusive, holder
+from moco3.runfolder.states import FAILED, IN_PROGRESS, MAY_HAVE_A_JOB, PENDING, RESULTS
 
 MANIFEST = layout.MANIFEST
 LOCK = ".launch.lock"

@@ -20,8 +20,8 @@ from typing import Any
 import submitit
 from omegaconf import DictConfig
 
-from experiments.job import RunJob
-from experiments.rundir import LaunchError
+from moco3.experiments.job import RunJob
+from moco3.experiments.rundir import LaunchError
 
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
          "BOOT_FAIL", "DEADLINE", "PREEMPTED"}

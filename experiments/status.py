@@ -14,17 +14,22 @@ when there is no runs root, 1 when it holds no such ablation.
 
 from __future__ import annotations
 
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
 import argparse
 import sys
 from pathlib import Path
 
-from experiments import progress, slurm_jobs
-from experiments.local_pool import pool_alive
-from experiments.rundir import MANIFEST, LaunchError, ablation_dir, check_runs_root
-from runfolder import cli
-from runfolder.joblock import holder
-from runfolder.layout import ENV_RUNS_ROOT, runs_root
-from runfolder.states import FAILED, MAY_HAVE_A_JOB
+from moco3.experiments import progress, slurm_jobs
+from moco3.experiments.local_pool import pool_alive
+from moco3.experiments.rundir import MANIFEST, LaunchError, ablation_dir, check_runs_root
+from moco3.runfolder import cli
+from moco3.runfolder.joblock import holder
+from moco3.runfolder.layout import ENV_RUNS_ROOT, runs_root
+from moco3.runfolder.states import FAILED, MAY_HAVE_A_JOB
 
 GONE = "gone"  # not in squeue, and no accounting record
 

@@ -15,6 +15,11 @@ bar shows the step, the loss, the last kNN accuracy and images/s.
 
 from __future__ import annotations
 
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
 import json
 import sys
 import time
@@ -27,10 +32,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from experiments.compose_errors import check_composition
-from experiments.grid import GridError, PlannedRun, check_folder_name, expand
-from experiments.launch import check_top_level_keys, help_overrides, hydra_argv
-from experiments.rundir import (
+from moco3.config import ConfigError
+from moco3.experiments.compose_errors import check_composition
+from moco3.experiments.grid import GridError, PlannedRun, check_folder_name, expand
+from moco3.experiments.launch import check_top_level_keys, help_overrides, hydra_argv
+from moco3.experiments.rundir import (
     MANIFEST,
     LaunchError,
     ablation_dir,
@@ -43,9 +49,8 @@ from experiments.rundir import (
     write_manifest,
     write_run,
 )
-from experiments.schema import register
-from moco3.config import ConfigError
-from runfolder.states import FAILED, RESULTS
+from moco3.experiments.schema import register
+from moco3.runfolder.states import FAILED, RESULTS
 
 register()
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from runfolder import layout
-from runfolder.atomic import atomic_open, disk_full, free_bytes
+from moco3.runfolder import layout
+from moco3.runfolder.atomic import atomic_open, disk_full, free_bytes
 
 CHECKPOINT_DIR = layout.CHECKPOINTS
 LAST = layout.LAST_CHECKPOINT

@@ -9,9 +9,10 @@ failed).
   uncommitted changes; `code_source: build`).
 * Neither (built from a tree without git): no commit (`code_source: files`).
 
-Always `code_hash`: the sha256 of the source files of the four packages (moco3, experiments,
-analysis, runfolder: their .py, .yaml, .md and .txt files), so two copies without a commit
-are still told apart, and a dirty checkout can tell its edits from a failed run's.
+Always `code_hash`: the sha256 of the source files of moco3 and its three layers
+(moco3.experiments, moco3.analysis, moco3.runfolder: their .py, .yaml, .md and .txt files),
+the same for a checkout and an installed copy of the same files, so two copies without a
+commit are still told apart, and a dirty checkout can tell its edits from a failed run's.
 """
 
 from __future__ import annotations
@@ -23,26 +24,36 @@ from typing import Any
 
 from moco3.gitstate import git_state, tracked
 
-PACKAGES = ("moco3", "experiments", "analysis", "runfolder")
+LAYERS = ("experiments", "analysis", "runfolder")  # imported as moco3.<layer>
 SOURCE_SUFFIXES = (".py", ".yaml", ".md", ".txt")
 BUILD_RECORD = "_build"  # moco3/_build.py, written by setuptools-scm (pyproject.toml)
 
 
 def package_dirs() -> list[Path]:
-    """The four packages' folders: beside this one, as a checkout and an install lay them
-    out (not whatever sys.path finds first under those names)."""
-    root = Path(__file__).resolve().parents[1]
-    return [root / name for name in PACKAGES if (root / name / "__init__.py").is_file()]
+    """The folders of moco3 and its three layers, as this copy lays them out: inside moco3/
+    when installed (site-packages/moco3/experiments), beside it in a checkout (not whatever
+    sys.path finds first under those names)."""
+    here = Path(__file__).resolve().parent
+    found = [here]
+    for name in LAYERS:
+        folder = next((f for f in (here / name, here.parent / name)
+                       if (f / "__init__.py").is_file()), None)
+        if folder is not None:
+            found.append(folder)
+    return found
 
 
 @functools.cache
 def source_hash() -> str:
-    """sha256 over (path below its package, content) of every source file, in order."""
+    """sha256 over (package folder name / path below it, content) of every source file, in
+    order; the same for a checkout and an installed copy of the same files."""
     digest = hashlib.sha256()
-    for root in package_dirs():
+    folders = package_dirs()
+    for root in folders:
+        nested = [f for f in folders if root in f.parents]  # installed: moco3/experiments/
         files = sorted(p for p in root.rglob("*") if p.suffix in SOURCE_SUFFIXES
                        and "__pycache__" not in p.parts and p.stem != BUILD_RECORD
-                       and p.is_file())
+                       and p.is_file() and not any(f in p.parents for f in nested))
         for path in files:
             digest.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode())
             digest.update(path.read_bytes())

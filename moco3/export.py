@@ -16,6 +16,11 @@ themselves are in moco3/export_layouts.py.
 
 from __future__ import annotations
 
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
+
 import argparse
 import json
 import os
@@ -38,7 +43,7 @@ from moco3.augment import IMAGENET_MEAN, IMAGENET_STD
 from moco3.build import build_moco
 from moco3.config import ConfigError, config_hash, load_run_config
 from moco3.model import MoCo
-from runfolder import cli
+from moco3.runfolder import cli
 
 FORMATS = layouts.FORMATS
 DEFAULT_NAMES = {"timm": "timm.safetensors", "deit": "deit.pth", "moco": "moco.pth.tar"}

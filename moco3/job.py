@@ -10,7 +10,7 @@ the probe - ends the run in state `failed` with a one-sentence `error` in status
 a `failed` event row), so `status.py` and the report can say what went wrong; if the disk
 is full, the run's own temporary files are removed and the state written again.
 
-The main process holds the run folder's lock (runfolder.joblock) from before it writes
+The main process holds the run folder's lock (moco3.runfolder.joblock) from before it writes
 anything until it returns: a second job on the same folder - a relaunch while an orphaned
 job still trains, say - is refused with RunFolderBusy and writes nothing.
 """
@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from moco3.config import ConfigError, load_run_config
+from moco3.runfolder import layout
+from moco3.runfolder.atomic import DiskFullError, remove_stale_temporaries
+from moco3.runfolder.joblock import RunFolderBusy, hold
+from moco3.runfolder.states import DONE, FAILED, PREEMPTED
 from moco3.runlog import RunLog
-from runfolder import layout
-from runfolder.atomic import DiskFullError, remove_stale_temporaries
-from runfolder.joblock import RunFolderBusy, hold
-from runfolder.states import DONE, FAILED, PREEMPTED
 
 MAX_ERROR = 400  # characters of an error sentence in status.json
 

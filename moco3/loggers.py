@@ -1,11 +1,11 @@
 """Where else the metrics rows go: TensorBoard, Weights & Biases, CSV (train.loggers).
 
 Each logger is a `moco3.runlog.RowSink` fed with every row written to metrics.jsonl, on
-rank 0 only, writing inside the run folder (runfolder.layout):
+rank 0 only, writing inside the run folder (moco3.runfolder.layout):
 
     tensorboard/         event files of the pre-training step (train, knn and event rows)
     tensorboard/probe/   event files of the probe epoch (probe rows): an axis of its own
-    csv/<kind>.csv       the rows of each kind, columns fixed by runfolder.rows.KEYS
+    csv/<kind>.csv       the rows of each kind, columns fixed by moco3.runfolder.rows.KEYS
     wandb_id, wandb/     the W&B run every restart of the job continues; W&B's own files
     wandb_session.json   while a job logs to W&B (see WandbLogger)
 
@@ -31,16 +31,16 @@ from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from moco3.runlog import RowSink
-from runfolder import layout
-from runfolder.atomic import (
+from moco3.runfolder import layout
+from moco3.runfolder.atomic import (
     atomic_open,
     read_json,
     remove_stale_temporaries,
     write_json,
     write_text,
 )
-from runfolder.rows import COMMON_KEYS, KEYS, read_rows
+from moco3.runfolder.rows import COMMON_KEYS, KEYS, read_rows
+from moco3.runlog import RowSink
 
 Row = dict[str, Any]
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from runfolder.instability import (
+from moco3.runfolder.instability import (
     DIP_POINTS,
     SPIKE_FACTOR,
     SPIKE_MIN_HISTORY,
@@ -49,7 +49,7 @@ def group_grad_norms(groups: dict[str, list[Tensor]]) -> Tensor:
 
 class InstabilityMonitor:
     """Turns per-step gradient norms and kNN values into event rows, with the detectors of
-    `runfolder.instability` (the report counts with the same ones).
+    `moco3.runfolder.instability` (the report counts with the same ones).
 
     Its state (each group's recent norms, the kNN dip tracker, the spike counts) is
     checkpointed, so that a resumed run emits exactly the events an uninterrupted one would.

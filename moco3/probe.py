@@ -36,10 +36,10 @@ from moco3.dist import get_rank, get_world_size
 from moco3.loggers import build_loggers
 from moco3.precision import autocast_dtype, resolve_precision
 from moco3.preemption import PreemptionFlag
+from moco3.runfolder.states import DONE, PREEMPTED, RUNNING
 from moco3.runlog import RunLog
 from moco3.schedules import probe_lr
 from moco3.workers import resolve_num_workers
-from runfolder.states import DONE, PREEMPTED, RUNNING
 
 
 class LinearHead(nn.Module):

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from runfolder import layout
-from runfolder.atomic import atomic_open, disk_full, read_json, write_json
-from runfolder.rows import encode, encode_row, is_step_row
-from runfolder.states import RUNNING, STATES
+from moco3.runfolder import layout
+from moco3.runfolder.atomic import atomic_open, disk_full, read_json, write_json
+from moco3.runfolder.rows import encode, encode_row, is_step_row
+from moco3.runfolder.states import RUNNING, STATES
 
 
 def now() -> str:
@@ -130,7 +130,7 @@ class RunLog:
     def rewind_to_step(self, step: int) -> int:
         """Remove the step rows of steps after `step` (the checkpoint a run resumes from;
         -1 for a fresh start): the resumed run writes them again. Probe rows and the job's
-        interruption events stay (runfolder.rows)."""
+        interruption events stay (moco3.runfolder.rows)."""
         return self.rewind(lambda row: not (is_step_row(row) and _step(row) > step), step)
 
     def rewind_probe(self, epoch: int) -> int:

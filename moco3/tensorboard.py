@@ -3,19 +3,24 @@
     python -m moco3.tensorboard [--runs-root DIR] [--out DIR]   (installed: moco3-tensorboard)
     tensorboard --logdir DIR
 
-The runs root is given as to every command (runfolder.cli): `--runs-root DIR` or
+The runs root is given as to every command (moco3.runfolder.cli): `--runs-root DIR` or
 `runs_root=DIR`, else $MOCO3_RUNS_ROOT, else ./runs; a bare folder (`moco3-tensorboard
 runs`, or one run folder) is accepted too. Every folder below RUNS_ROOT that holds a
 metrics.jsonl is a run folder (the folders inside it are not searched). Its scalars go to
 <out>/<its path below RUNS_ROOT>/ - the launcher's <ablation>/<run_id> - and its probe's to
 .../probe/, named as the live logger names them (moco3.loggers.scalars); out defaults to
 <RUNS_ROOT>/tensorboard. metrics.jsonl is read by the contract's rules
-(runfolder.rows.read_rows): a truncated last line is skipped, and of rows repeated by a
+(moco3.runfolder.rows.read_rows): a truncated last line is skipped, and of rows repeated by a
 folder that an older version resumed, the last of each is kept. Running it again replaces
 what it wrote before.
 """
 
 from __future__ import annotations
+
+import moco3
+
+# ruff: noqa: E402 - run as a file, the path must be fixed before anything else is imported
+moco3.run_as_script(__file__)
 
 import os
 import sys
@@ -24,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from moco3.loggers import EventFolder, scalars, step_axis
-from runfolder import cli, layout
-from runfolder.rows import read_rows
+from moco3.runfolder import cli, layout
+from moco3.runfolder.rows import read_rows
 
 Row = dict[str, Any]
 

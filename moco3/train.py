@@ -42,13 +42,13 @@ from moco3.optim import build_optimizer
 from moco3.precision import autocast_dtype, resolve_precision
 from moco3.preemption import PreemptionFlag
 from moco3.rngstate import gather_rng_states, restore_rng_state
+from moco3.runfolder.fields import GRAD_GROUPS, LAST_LAYER_GROUP, first_layer_group
+from moco3.runfolder.negatives import negatives_per_query
+from moco3.runfolder.states import DIVERGED, DONE, PREEMPTED, RUNNING
 from moco3.runlog import RunLog
 from moco3.schedules import lr_at, momentum_at, scaled_lr, wd_at
 from moco3.step import MocoStep
 from moco3.workers import resolve_num_workers
-from runfolder.fields import GRAD_GROUPS, LAST_LAYER_GROUP, first_layer_group
-from runfolder.negatives import negatives_per_query
-from runfolder.states import DIVERGED, DONE, PREEMPTED, RUNNING
 
 
 def _peak_mem_mb(device: torch.device) -> float:

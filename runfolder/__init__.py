@@ -15,11 +15,13 @@
     <runs_root>/<ablation>/manifest.jsonl   one line per run: factors, seed, hashes, job ids
     <runs_root>/<ablation>/study.json       the declared findings and the paper-scale cost
 
-`moco3` (the job) writes run folders, `experiments` (the launcher) creates them and reads
-their state, `analysis` (the report) reads them. Each imports this package and none of the
-others against the flow: analysis imports neither moco3 nor experiments; moco3 imports
-neither experiments nor analysis. This package imports only the standard library, so a
-report can be rebuilt anywhere from copied logs.
+`moco3` (the job) writes run folders, `moco3.experiments` (the launcher) creates them and
+reads their state, `moco3.analysis` (the report) reads them; this package is
+`moco3.runfolder`. Each imports this package and none of the others against the flow:
+analysis imports neither the job's code nor experiments; the job imports neither
+experiments nor analysis. This package imports only the standard library (and the package
+root moco3/__init__.py, which does too), so a report can be rebuilt anywhere from copied
+logs.
 
     layout       file and folder names
     states       run states, their groupings (finished, trained, ended) and display order

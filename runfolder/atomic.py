@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from runfolder.layout import CHECKPOINTS
-from runfolder.rows import encode
+from moco3.runfolder.layout import CHECKPOINTS
+from moco3.runfolder.rows import encode
 
 _TEMPORARY = re.compile(r"^\..+\.tmp\d+$")
 

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from runfolder.layout import DEFAULT_RUNS_ROOT, ENV_RUNS_ROOT
+from moco3.runfolder.layout import DEFAULT_RUNS_ROOT, ENV_RUNS_ROOT
 
 RUNS_ROOT_HELP = (f"the folder of <ablation>/<run_id>/ run folders; also runs_root=DIR "
                   f"(default: ${ENV_RUNS_ROOT}, else ./{DEFAULT_RUNS_ROOT})")

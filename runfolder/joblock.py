@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO
 
-from runfolder.layout import JOB_LOCK
+from moco3.runfolder.layout import JOB_LOCK
 
 
 class RunFolderBusy(RuntimeError):

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from runfolder.fields import GRAD_GROUPS
+from moco3.runfolder.fields import GRAD_GROUPS
 
 COMMON_KEYS = frozenset({"kind", "step", "epoch", "images_seen"})
 TIMING_KEYS = frozenset({"sec_per_step", "img_per_sec", "peak_mem_mb"})

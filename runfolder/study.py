@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from runfolder.atomic import write_text
+from moco3.runfolder.atomic import write_text
 
 STUDY = "study.json"
 # The numbers of a run a finding may compare (columns of the report's runs table).

@@ -19,7 +19,7 @@ def end_local_pools(runs_root: Path) -> list[int]:
     """Kill every local pool a launch under `runs_root` started, with its runs (they share
     the pool's process group): a test that gives up on a launch must not leave its grid
     training through the rest of the suite. Returns the process groups signalled."""
-    from experiments.rundir import read_manifest
+    from moco3.experiments.rundir import read_manifest
 
     pools = {int(job.rsplit(":", 1)[1])
              for manifest in runs_root.glob("*/manifest.jsonl")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.reference import (
+from moco3.analysis.reference import (
     REFERENCES,
     level_rank,
     normalize_label,

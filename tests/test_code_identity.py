@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments import rundir
 from moco3 import code_identity as ci
-from runfolder import layout
+from moco3.experiments import rundir
+from moco3.runfolder import layout
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,14 +12,14 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from analysis.reference import REFERENCES, normalize_label
-from experiments import cost
-from experiments.grid import GridError, at_scale, expand, make_run_id, sanitize
-from experiments.launch import CONF_DIR
-from experiments.schema import SCALES, register
+from moco3.analysis.reference import REFERENCES, normalize_label
+from moco3.experiments import cost
+from moco3.experiments.grid import GridError, at_scale, expand, make_run_id, sanitize
+from moco3.experiments.launch import CONF_DIR
+from moco3.experiments.schema import SCALES, register
 from moco3.recipes import r50_recipe
+from moco3.runfolder.negatives import negatives_per_query
 from moco3.schedules import momentum_at
-from runfolder.negatives import negatives_per_query
 
 register()
 

@@ -198,7 +198,7 @@ def test_gpu_runs_get_workers_from_their_cores(monkeypatch) -> None:
 
 
 def test_local_pool_gives_a_gpu_run_its_share_of_cores(monkeypatch, tmp_path: Path) -> None:
-    from experiments import local_pool
+    from moco3.experiments import local_pool
 
     seen = {}
 

@@ -19,11 +19,12 @@ from omegaconf import OmegaConf
 
 import moco3.probe
 import moco3.train
-from experiments import rundir
-from experiments.grid import expand
-from experiments.launch import CONF_DIR, hydra_argv, launch, resolve_launcher
-from experiments.local_pool import Pool
-from experiments.rundir import (
+from moco3.config import RunConfig, load_run_config
+from moco3.experiments import rundir
+from moco3.experiments.grid import expand
+from moco3.experiments.launch import CONF_DIR, hydra_argv, launch, resolve_launcher
+from moco3.experiments.local_pool import Pool
+from moco3.experiments.rundir import (
     LaunchError,
     decide,
     launch_lock,
@@ -31,11 +32,10 @@ from experiments.rundir import (
     write_manifest,
     write_run,
 )
-from experiments.schema import register
-from experiments.slurm_jobs import job_parameters, node_layout
-from moco3.config import RunConfig, load_run_config
+from moco3.experiments.schema import register
+from moco3.experiments.slurm_jobs import job_parameters, node_layout
+from moco3.runfolder.atomic import read_json
 from moco3.runlog import RunLog
-from runfolder.atomic import read_json
 
 register()
 

@@ -14,8 +14,8 @@ import pytest
 from slurm_fixture import slurm_cluster  # noqa: F401
 from test_launch import FAST, _cli
 
-from experiments.rundir import read_manifest
-from runfolder.atomic import read_json
+from moco3.experiments.rundir import read_manifest
+from moco3.runfolder.atomic import read_json
 
 pytestmark = pytest.mark.slurm
 

@@ -1,37 +1,62 @@
 """The layering: runfolder (the contract) <- moco3 <- experiments, runfolder <- analysis.
 
-Walks the imports of every module of the four packages (static, with ast: every `import`
-and `from ... import`, also inside functions) and fails on an arrow against the flow.
+The four folders are imported as moco3.runfolder, moco3 (the job's code), moco3.experiments
+and moco3.analysis. Walks the imports of every module of the four folders (static, with ast:
+every `import` and `from ... import`, also inside functions) and fails on an arrow against
+the flow, and on the old top-level spellings (`experiments`, `analysis`, `runfolder`), which
+collide with users' own packages.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("runfolder", "moco3", "experiments", "analysis")
+SUBPACKAGES = ("runfolder", "experiments", "analysis")  # moco3.<name>, folders beside moco3/
 ALLOWED = {
     "runfolder": set(),
     "moco3": {"runfolder"},
     "experiments": {"runfolder", "moco3"},
     "analysis": {"runfolder"},
 }
+OLD_SPELLING = "old top-level name"
+
+
+def layer_of(module: str) -> str | None:
+    """The layer an imported module belongs to: moco3.runfolder.x -> runfolder, moco3.x ->
+    moco3 (the job's code); None for the package root `moco3` itself (standard library
+    only, see test_the_package_root_is_light) and for modules outside the project."""
+    parts = module.split(".")
+    if parts[0] in SUBPACKAGES:
+        return OLD_SPELLING
+    if parts[0] != "moco3" or len(parts) == 1:
+        return None
+    return parts[1] if parts[1] in SUBPACKAGES else "moco3"
 
 
 def imported_layers(path: Path) -> set[str]:
-    """The project packages a module imports."""
+    """The project layers a module imports."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "moco3":
+            # `from moco3 import runfolder` is a layer; `from moco3 import config` the job's
+            # code; `from moco3 import run_as_script` the package root.
+            names = [f"moco3.{a.name}" if a.name in SUBPACKAGES
+                     or (REPO / "moco3" / f"{a.name}.py").is_file() else "moco3"
+                     for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names = [node.module]
         else:
             continue
-        found |= {name.split(".")[0] for name in names} & set(LAYERS)
+        found |= {layer_of(name) for name in names} - {None}
     return found
 
 
@@ -42,6 +67,23 @@ def test_every_module_imports_only_downward(layer):
     wrong = {str(p.relative_to(REPO)): sorted(imported_layers(p) - ALLOWED[layer] - {layer})
              for p in modules}
     assert not {k: v for k, v in wrong.items() if v}
+
+
+def test_nothing_imports_the_old_top_level_names():
+    """Every import spells moco3.experiments, moco3.analysis, moco3.runfolder: the same in a
+    checkout and in an installed copy, where no top-level `experiments` exists."""
+    wrong = [str(p.relative_to(REPO)) for folder in (*LAYERS, "benchmarks", "tests")
+             for p in sorted((REPO / folder).rglob("*.py")) if OLD_SPELLING in imported_layers(p)]
+    assert not wrong
+
+
+def test_the_layer_map_sees_every_spelling(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import moco3\nfrom moco3 import run_as_script, runfolder, config\n"
+                      "import moco3.analysis.tables\nfrom moco3.experiments.grid import x\n"
+                      "from analysis import y\nimport numpy\n")
+    assert imported_layers(module) == {"runfolder", "moco3", "analysis", "experiments",
+                                       OLD_SPELLING}
 
 
 def test_the_contract_and_the_analysis_never_import_torch():
@@ -55,6 +97,29 @@ def test_the_contract_and_the_analysis_never_import_torch():
             assert "torch" not in names, path
 
 
+def test_the_package_root_is_light():
+    """moco3/__init__.py runs first for every moco3.* import: the standard library only."""
+    tree = ast.parse((REPO / "moco3" / "__init__.py").read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert names <= {"__future__", "os", "sys"}, names
+
+
+def test_importing_the_contract_and_the_analysis_loads_no_torch_and_no_job_code():
+    """Through the real import system: every module of moco3.runfolder and moco3.analysis
+    imported, and neither torch nor any module of moco3's job code came with them."""
+    modules = [f"moco3.{layer}.{p.stem}" for layer in ("runfolder", "analysis")
+               for p in sorted((REPO / layer).glob("*.py")) if p.stem != "__init__"]
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.') or "
+            "(m.startswith('moco3.') and m.split('.')[1] not in ('runfolder', 'analysis'))]\n"
+            "assert not bad, bad\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 # Collection literals outside runfolder/ that may spell contract names, with the reason.
 # Keyed by (module, the literal's elements in order).
 ALLOWED_SPELLINGS: dict[tuple[str, tuple[str, ...]], str] = {}
@@ -63,8 +128,8 @@ ALLOWED_SPELLINGS: dict[tuple[str, tuple[str, ...]], str] = {}
 def _contract_spellings(path: Path) -> list[tuple[str, ...]]:
     """The tuple/list/set literals of `path` that re-spell part of the run-folder contract:
     2+ state names, 2+ gradient groups, or 3+ status.json/summary.json keys, and nothing else."""
-    from runfolder.fields import GRAD_GROUPS, STATUS_KEYS, SUMMARY_EXTRA_KEYS, SUMMARY_KEYS
-    from runfolder.states import STATES, UNKNOWN
+    from moco3.runfolder.fields import GRAD_GROUPS, STATUS_KEYS, SUMMARY_EXTRA_KEYS, SUMMARY_KEYS
+    from moco3.runfolder.states import STATES, UNKNOWN
 
     lists = ((set(STATES) | {UNKNOWN}, 2), (set(GRAD_GROUPS), 2),
              (STATUS_KEYS | SUMMARY_KEYS | SUMMARY_EXTRA_KEYS, 3))
@@ -142,7 +207,7 @@ def _state_literals(path: Path) -> list[tuple[int, str]]:
     """(line, name) of every run-state name that `path` spells as a string where a value
     goes: compared (==, !=, in), returned, assigned, passed to a call, put in a dict,
     matched by a case. Docstrings, messages and f-strings are not values of a state."""
-    from runfolder.states import STATES, UNKNOWN
+    from moco3.runfolder.states import STATES, UNKNOWN
 
     names = set(STATES) | {UNKNOWN}
     values: list[ast.expr] = []
@@ -166,7 +231,7 @@ def _state_literals(path: Path) -> list[tuple[int, str]]:
 
 
 def test_only_runfolder_spells_a_state_name():
-    """A state is compared, returned or written through runfolder.states' constants
+    """A state is compared, returned or written through moco3.runfolder.states' constants
     (DONE, DIVERGED, ...), so renaming one is a one-line change."""
     wrong = {}
     for layer in ("moco3", "experiments", "analysis"):

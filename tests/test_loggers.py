@@ -24,15 +24,15 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_train import tiny
 
-from experiments.progress import run_ids
-from experiments.rundir import write_run
 from moco3.config import ConfigError, to_run_config
+from moco3.experiments.progress import run_ids
+from moco3.experiments.rundir import write_run
 from moco3.job import run_job
 from moco3.loggers import CsvLogger, EventFolder, build_loggers
 from moco3.probe import probe
+from moco3.runfolder.rows import KEYS, TIMING_KEYS
 from moco3.tensorboard import main as convert
 from moco3.train import train
-from runfolder.rows import KEYS, TIMING_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ from test_train import lines, tiny, weights
 import moco3.checkpoint as ckpt
 from moco3.config import to_run_config
 from moco3.job import run_job
-from runfolder.atomic import read_json
+from moco3.runfolder.atomic import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 STATUS = REPO / "experiments" / "status.py"
@@ -33,7 +33,7 @@ REPORT = REPO / "analysis" / "report.py"
 
 def run_folder(tmp_path: Path, name: str = "run", **over) -> tuple[Path, str]:
     """A run folder as the launcher writes it; returns it and its config's sha256."""
-    from experiments.rundir import write_run
+    from moco3.experiments.rundir import write_run
 
     run = tmp_path / name
     return run, write_run(run, to_run_config(tiny(**over)))
@@ -225,7 +225,7 @@ def test_kill_9_at_random_points_leaves_metrics_exactly_once(tmp_path):
 
 
 def test_every_start_appends_a_provenance_record(tmp_path):
-    from runfolder.atomic import read_json_list
+    from moco3.runfolder.atomic import read_json_list
 
     run, sha = run_folder(tmp_path, **{"train.knn_every": 0, "probe.enabled": False})
     from moco3.train import train
@@ -296,7 +296,7 @@ def test_a_dead_pool_leaves_one_writer_that_finishes(tmp_path):
     pid, a job started by hand is refused without touching the run, and the orphan
     finishes and exits with every metrics row once. The orphan is held with SIGSTOP while
     the others try (alive and holding its lock, however fast this machine is)."""
-    from runfolder.joblock import holder
+    from moco3.runfolder.joblock import holder
 
     args = ["ablation=none", "launcher=local", "wait=false", *LONG]
     started = _cli(args, tmp_path)
@@ -323,7 +323,7 @@ def test_a_dead_pool_leaves_one_writer_that_finishes(tmp_path):
         assert "nothing to submit" in again.stdout
         manifest = read_json_rows(tmp_path / "runs" / "none" / "manifest.jsonl")[0]
         assert len(manifest["job_ids"]) == 1  # no second pool, no second job
-        second = subprocess.run([sys.executable, "-m", "experiments.job", str(run)],
+        second = subprocess.run([sys.executable, "-m", "moco3.experiments.job", str(run)],
                                 cwd=REPO, capture_output=True, text=True, timeout=120)
         assert second.returncode == 1
         assert f"already being trained by pid {job} on host" in second.stderr
@@ -395,7 +395,7 @@ def test_a_run_name_cannot_leave_the_runs_root(tmp_path, name):
 
 # -- 4. the report survives every state a run can be in, and never half-writes ---------------
 def _write_rows(path: Path, rows: list[dict], tail: str = "") -> None:
-    from runfolder.rows import encode_row
+    from moco3.runfolder.rows import encode_row
 
     path.write_text("".join(encode_row(r) for r in rows) + tail)
 
@@ -406,7 +406,7 @@ def _runs_in_every_state(tmp_path: Path) -> Path:
     (a half-written last line)."""
     import shutil
 
-    from runfolder.atomic import write_json
+    from moco3.runfolder.atomic import write_json
 
     root = tmp_path / "runs"
     healthy, sha = run_folder(root / "none", "baseline/seed=0",
@@ -485,7 +485,7 @@ def test_the_report_survives_every_run_state_and_swaps_in_whole(tmp_path):
 
 
 def test_a_failing_report_leaves_no_half_written_output(tmp_path, monkeypatch):
-    from analysis import plots, report
+    from moco3.analysis import plots, report
 
     root = _runs_in_every_state(tmp_path)
     out = tmp_path / "report"
@@ -542,7 +542,7 @@ def test_a_real_full_disk_gives_the_sentence(tmp_path, small_tmpfs):
     disk = small_tmpfs(2048)
     run, sha = run_folder(disk, **{"train.ckpt_every_steps": 4, "train.knn_every": 0,
                                    "train.milestones": [], "probe.enabled": False})
-    done = subprocess.run([sys.executable, "-m", "experiments.job", str(run),
+    done = subprocess.run([sys.executable, "-m", "moco3.experiments.job", str(run),
                            "--config-sha256", sha, "--threads", "1"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr[-2000:]
@@ -558,7 +558,7 @@ def test_torchs_zip_writer_failure_on_a_full_disk_gives_the_sentence(small_tmpfs
     """When the estimate passes but the disk fills during the write (here: 2 MB of pickled
     Python data the tensor-size estimate does not count), torch's zip writer raises
     RuntimeError("... unexpected pos ..."), not ENOSPC; it becomes the same sentence."""
-    from runfolder.atomic import DiskFullError
+    from moco3.runfolder.atomic import DiskFullError
 
     disk = small_tmpfs(1024)
     with pytest.raises(DiskFullError, match=f"no space left on {disk} to write .*MB free, the "
@@ -607,7 +607,7 @@ def test_verbose_shows_hydras_full_composition_error(tmp_path):
 def test_ctrl_c_prints_a_resume_command_that_works_from_anywhere(tmp_path):
     """A waiting launch that is interrupted stops its runs with a checkpoint (preempted)
     and prints how to resume; that command, run from another directory, finishes them."""
-    from runfolder.joblock import holder
+    from moco3.runfolder.joblock import holder
 
     args = ["ablation=none", "launcher=local", *LONG]
     env = {k: v for k, v in os.environ.items() if k not in ("MOCO3_CONF_DIR",)}

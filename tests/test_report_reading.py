@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis.linescan import scan_lines
-from analysis.rundata import load_train_rows, scan_metrics
-from runfolder.rows import TRAIN_PREFIXES, read_rows
+from moco3.analysis.linescan import scan_lines
+from moco3.analysis.rundata import load_train_rows, scan_metrics
+from moco3.runfolder.rows import TRAIN_PREFIXES, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ def _same(a, b) -> bool:
 
 
 def test_the_fast_readers_keep_runfolders_rules(tmp_path):
-    """The report's readers (orjson, numpy line scan, polars, pyarrow) and runfolder.rows'
+    """The report's readers (orjson, numpy line scan, polars, pyarrow) and moco3.runfolder.rows'
     reader, on damaged files: the same rows, the same repeats dropped, the same lines
     refused, the same torn last line; non-finite values decoded alike. (The scan counts the
     lines that are plainly train rows without parsing them; the train reader checks them.)"""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
-from experiments.results import run_minutes
+from moco3.experiments.results import run_minutes
 
 
 def test_run_minutes_sums_the_runs_training_time_over_the_runs_trained_at_once(tmp_path):
@@ -29,7 +29,7 @@ def _env(root, run: str, *commits: tuple[str, bool]) -> None:
 
 
 def test_a_page_from_mixed_or_dirty_code_is_named(tmp_path):
-    from experiments.results import code_problem, run_commits
+    from moco3.experiments.results import code_problem, run_commits
 
     _env(tmp_path, "a/x/seed=0", ("1" * 40, False))
     _env(tmp_path, "a/y/seed=0", ("1" * 40, False))
@@ -45,7 +45,7 @@ def test_a_page_from_mixed_or_dirty_code_is_named(tmp_path):
 
 
 def test_results_refuses_mixed_code_before_writing_the_page(tmp_path, monkeypatch, capsys):
-    from experiments import results
+    from moco3.experiments import results
 
     monkeypatch.setattr(results, "git_state", lambda repo: {"git_commit": "c", "git_dirty": 0})
     monkeypatch.setattr(results, "run_study", lambda *a: (["python", "launch.py"], 1.0, 0))
@@ -69,7 +69,7 @@ def test_results_refuses_mixed_code_before_writing_the_page(tmp_path, monkeypatc
 def test_each_study_may_have_its_own_clean_commit_and_run_md_names_it(tmp_path, monkeypatch):
     """patch_proj's edge lr comes from the stability ladder, so the two studies run at two
     commits; each study's runs share one, and RUN.md names it beside the study."""
-    from experiments import results
+    from moco3.experiments import results
 
     monkeypatch.setattr(results, "git_state", lambda repo: {"git_commit": "c", "git_dirty": 0})
     monkeypatch.setattr(results, "run_study", lambda *a: (["python", "launch.py"], 1.0, 0))

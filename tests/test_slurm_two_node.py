@@ -20,10 +20,10 @@ import torch
 from slurm_fixture import on_two_nodes, two_node_cluster  # noqa: F401  (fixture)
 from test_launch import LAUNCH, _compose
 
-from experiments.launch import launch
-from experiments.rundir import read_manifest
 from moco3 import checkpoint as ckpt
-from runfolder.atomic import read_json, read_json_list
+from moco3.experiments.launch import launch
+from moco3.experiments.rundir import read_manifest
+from moco3.runfolder.atomic import read_json, read_json_list
 
 pytestmark = pytest.mark.slurm
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from analysis import stats
-from analysis.study import Study
-from analysis.verdicts import code_state, to_markdown, verdict_table
-from runfolder.study import Finding, FindingError, parse_findings
+from moco3.analysis import stats
+from moco3.analysis.study import Study
+from moco3.analysis.verdicts import code_state, to_markdown, verdict_table
+from moco3.runfolder.study import Finding, FindingError, parse_findings
 
 
 # -- the statistics ---------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_findings_without_runs_are_left_out_and_diverged_runs_count_for_instabil
 
 
 def test_the_floors_note_gives_margins_over_pixels_and_random_init_per_level():
-    from analysis.report import floors_note
+    from moco3.analysis.report import floors_note
 
     runs = pd.DataFrame({
         "state": ["done"] * 4 + ["running"],
@@ -261,7 +261,7 @@ def _fake_job(monkeypatch):
     are a function of (tau, seed): tau 0.2 is about 5 kNN and 3 probe points better."""
     import moco3.probe
     import moco3.train
-    from experiments import rundir
+    from moco3.experiments import rundir
     from moco3.runlog import RunLog
 
     def train(cfg, run_dir, **job):
@@ -293,7 +293,7 @@ def _fake_job(monkeypatch):
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from experiments.launch import CONF_DIR, hydra_argv
+    from moco3.experiments.launch import CONF_DIR, hydra_argv
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose("config", overrides=hydra_argv(overrides))
@@ -304,8 +304,8 @@ def test_a_users_own_study_gets_verdicts_through_the_report_command(tmp_path, mo
     import subprocess
     import sys
 
-    from experiments.launch import launch
-    from experiments.schema import register
+    from moco3.experiments.launch import launch
+    from moco3.experiments.schema import register
 
     register()
     conf = tmp_path / "studies"
@@ -341,8 +341,8 @@ def test_a_users_own_study_gets_verdicts_through_the_report_command(tmp_path, mo
 
 def test_a_finding_naming_a_missing_level_is_refused_at_compose_time(tmp_path, monkeypatch,
                                                                      capsys):
-    from experiments.launch import launch
-    from experiments.schema import register
+    from moco3.experiments.launch import launch
+    from moco3.experiments.schema import register
 
     register()
     conf = tmp_path / "studies"
@@ -365,8 +365,8 @@ def test_the_shipped_findings_carry_the_papers_own_differences():
     top-1."""
     import yaml
 
-    from analysis.reference import paper_number
-    from experiments.launch import CONF_DIR
+    from moco3.analysis.reference import paper_number
+    from moco3.experiments.launch import CONF_DIR
 
     checked = 0
     for path in sorted((CONF_DIR / "ablation").glob("*.yaml")):

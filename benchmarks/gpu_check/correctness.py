@@ -29,9 +29,9 @@ from moco3.model import MoCo, build_model
 from moco3.negatives import build_negatives
 from moco3.optim import build_optimizer
 from moco3.precision import autocast_dtype
+from moco3.runfolder.fields import GRAD_GROUPS
 from moco3.schedules import scaled_lr
 from moco3.step import MocoStep
-from runfolder.fields import GRAD_GROUPS
 
 State = dict[str, Any]  # {"model": state_dict, "optimizer": state_dict}, on the CPU
 

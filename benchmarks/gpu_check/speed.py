@@ -56,9 +56,9 @@ from moco3.precision import (
     autocast_dtype,
     resolve_precision,
 )
+from moco3.runfolder.fields import GRAD_GROUPS
 from moco3.schedules import scaled_lr
 from moco3.step import MocoStep
-from runfolder.fields import GRAD_GROUPS
 
 
 @dataclass
