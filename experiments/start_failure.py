@@ -19,6 +19,7 @@ from pathlib import Path
 from moco3.runfolder import layout
 from moco3.runfolder.atomic import read_json, write_json
 from moco3.runfolder.joblock import RunFolderBusy, hold
+from moco3.runfolder.states import FAILED, PENDING
 
 MAX_ERROR = 400  # characters of status.json's error sentence (as moco3.job writes them)
 # The last line of a Python traceback: "ModuleNotFoundError: No module named 'x'".
@@ -46,14 +47,14 @@ def record_start_failure(run_dir: str | Path, error: str, output: str | None = N
     try:
         with hold(run_dir, wait_s=0.5):
             status = read_json(run_dir / layout.STATUS) or {}
-            if status.get("state") != "pending":
+            if status.get("state") != PENDING:
                 return False
             if output and log_name:
                 logs = run_dir / layout.LOGS
                 logs.mkdir(exist_ok=True)
                 with open(logs / log_name, "a") as log:
                     log.write(output if output.endswith("\n") else output + "\n")
-            status.update(state="failed", error=sentence,
+            status.update(state=FAILED, error=sentence,
                           updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             write_json(run_dir / layout.STATUS, status)
             return True
