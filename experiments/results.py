@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       [])]
     if subprocess.run(report).returncode != 0:
         return 1
-    git = git_state(REPO)
+    # `git` stays the checkout's state at the start: the report has just rewritten the page,
+    # which would read as uncommitted changes now.
     lines = [
         f"# How these results were made ({args.scale} scale)\n",
         f"* CPU: {cpu_description()}",
