@@ -145,18 +145,22 @@ def _contract_spellings(path: Path) -> list[tuple[str, ...]]:
     return found
 
 
-def test_only_runfolder_spells_states_keys_and_groups():
-    """Run states, their groupings and order, the status/summary key lists and the gradient
-    groups are runfolder's data; the layers import them instead of listing them again."""
+def _found_outside_runfolder(find) -> dict[str, list[str]]:
+    """module -> what `find(name, path)` reports in it, over moco3, experiments and analysis."""
     wrong = {}
     for layer in ("moco3", "experiments", "analysis"):
         for path in sorted((REPO / layer).rglob("*.py")):
             name = str(path.relative_to(REPO))
-            spelled = [v for v in _contract_spellings(path)
-                       if (name, v) not in ALLOWED_SPELLINGS]
-            if spelled:
-                wrong[name] = spelled
-    assert not wrong
+            if found := find(name, path):
+                wrong[name] = found
+    return wrong
+
+
+def test_only_runfolder_spells_states_keys_and_groups():
+    """Run states, their groupings and order, the status/summary key lists and the gradient
+    groups are runfolder's data; the layers import them instead of listing them again."""
+    assert not _found_outside_runfolder(lambda name, path: [
+        v for v in _contract_spellings(path) if (name, v) not in ALLOWED_SPELLINGS])
 
 
 def test_the_ownership_scan_finds_a_respelling(tmp_path):
@@ -233,15 +237,9 @@ def _state_literals(path: Path) -> list[tuple[int, str]]:
 def test_only_runfolder_spells_a_state_name():
     """A state is compared, returned or written through moco3.runfolder.states' constants
     (DONE, DIVERGED, ...), so renaming one is a one-line change."""
-    wrong = {}
-    for layer in ("moco3", "experiments", "analysis"):
-        for path in sorted((REPO / layer).rglob("*.py")):
-            name = str(path.relative_to(REPO))
-            spelled = [f"line {line}: {value!r}" for line, value in _state_literals(path)
-                       if (name, value) not in ALLOWED_STATE_LITERALS]
-            if spelled:
-                wrong[name] = spelled
-    assert not wrong
+    assert not _found_outside_runfolder(lambda name, path: [
+        f"line {line}: {value!r}" for line, value in _state_literals(path)
+        if (name, value) not in ALLOWED_STATE_LITERALS])
 
 
 def test_the_state_scan_finds_a_spelled_state(tmp_path):
