@@ -28,9 +28,9 @@ EXPECTED_RUNS = {
     "negatives": 19, "pos_embed": 3, "cls_token": 3, "head_bn": 2, "predictor": 2,
     "stability_ladder": 10,
 }
-# The mini scale runs 3 seeds of every level; patch_proj adds a stress lr, negatives keeps
-# three K per mechanism (two for end-to-end).
-MINI_RUNS = {"patch_proj": 8 * 3, "negatives": 11 * 3}
+# The mini scale runs 3 seeds of every level; patch_proj adds an edge lr, negatives keeps
+# three K for queue and memory bank and two for in-batch and end-to-end.
+MINI_RUNS = {"patch_proj": 8 * 3, "negatives": 10 * 3}
 ABLATIONS = sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml"))
 
 
@@ -126,7 +126,7 @@ def test_the_mini_scale_is_tinys_model_trained_longer_with_three_seeds():
     assert (mini.train.epochs, tiny.train.epochs) == (20, 10)
     negatives = _runs("negatives", "mini")
     assert sorted({r.factors["K"] for r in negatives if r.factors["mechanism"] == "queue"},
-                  key=int) == ["256", "4096", "65536"]
+                  key=int) == ["1024", "4096", "65536"]
 
 
 # Training images per data set where the config does not count them (generated data sets
@@ -164,9 +164,11 @@ def test_negatives_at_mini_vary_one_thing_per_comparison():
     runs = _runs("negatives", "mini", ("seeds=[0]",))
     by = {(r.factors["mechanism"], r.factors["K"]): r.config for r in runs}
     real = {(r.factors["mechanism"], r.factors["K"]): _negatives_per_query(r) for r in runs}
-    # The real K: labels / 16; the batch mechanisms see the batch - 1.
-    assert real[("queue", "65536")] == real[("memory_bank", "65536")] == 4096
-    assert [real[("in_batch", k)] for k in ("256", "1024", "4096")] == [15, 63, 255]
+    # The real K: queue and bank labels / 64; the batch mechanisms see the batch - 1 (batch =
+    # label / 16), so two queue / bank levels sit beside in-batch's.
+    assert [real[("queue", k)] for k in ("1024", "4096", "65536")] == [16, 64, 1024]
+    assert [real[("memory_bank", k)] for k in ("1024", "4096", "65536")] == [16, 64, 1024]
+    assert [real[("in_batch", k)] for k in ("256", "1024")] == [15, 63]
     assert [real[("end_to_end", k)] for k in ("256", "1024")] == [15, 63]
     stored = [c for (m, _), c in by.items() if m in ("queue", "memory_bank")]
     for key in ("train.batch_size", "train.epochs", "optim.base_lr", "train.knn_every",
@@ -174,7 +176,7 @@ def test_negatives_at_mini_vary_one_thing_per_comparison():
         assert len({OmegaConf.select(c, key) for c in stored}) == 1, key
     for (mechanism, _), c in by.items():
         warmup = round(c.optim.warmup_epochs * (_train_images(c) // c.train.batch_size))
-        assert (_steps(c) >= 300 and c.train.knn_every == 32 and warmup == 32), mechanism
+        assert (_steps(c) >= 300 and c.train.knn_every == 50 and warmup == 32), mechanism
 
 
 def test_momentum_at_mini_moves_its_slowest_level():
@@ -191,9 +193,9 @@ def test_momentum_at_mini_moves_its_slowest_level():
 
 def test_batch_size_at_mini_gives_the_largest_batch_steps_and_one_cadence_in_images():
     runs = [r.config for r in _runs("batch_size", "mini", ("seeds=[0]",))]
-    assert [c.train.batch_size for c in runs] == [64, 128, 256, 384]
+    assert [c.train.batch_size for c in runs] == [32, 64, 128, 192]  # the paper's / 32
     assert min(_steps(c) for c in runs) >= 300
-    assert {c.train.knn_every * c.train.batch_size for c in runs} == {3072}
+    assert {c.train.knn_every * c.train.batch_size for c in runs} == {_train_images(runs[0])}
     assert len({c.train.epochs for c in runs}) == len({c.optim.base_lr for c in runs}) == 1
 
 
