@@ -13,7 +13,8 @@ what produced them: the exact commands, the CPU (model, instruction-set kind, co
 precision `auto` chose, the commit, and each study's wall time (of this invocation; a
 resumed study's time is the sum over invocations, also recorded). Not part of CI: it takes hours.
 
-One code state per page: it refuses to start from a checkout with uncommitted changes, and
+One code state per page: it refuses to start from a checkout with uncommitted changes (a
+results page rewritten by an earlier invocation does not count: it is output, not code), and
 to write the page when the runs come from several commits or from a dirty tree (a verdict
 could then measure the code, not the factor), unless told why with
 `--allow-mixed-code "REASON"`; the reason is written into RUN.md.

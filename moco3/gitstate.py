@@ -18,15 +18,23 @@ def _git(folder: Path, *args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+# The committed results pages are what studies write, not code: the page one study's report
+# has just rewritten must not make the next study's runs (or the next page) read as coming
+# from a dirty tree. Pathspecs from the top of the checkout, whatever `folder` is.
+PAGES = "docs/results"
+
+
 def git_state(folder: Path) -> dict[str, Any]:
     """{"git_commit", "git_dirty"} of the git checkout holding `folder` (dirty: uncommitted
-    changes to tracked files); empty when it is not in a checkout or git is missing."""
+    changes to tracked files outside the results pages, PAGES); empty when it is not in a
+    checkout or git is missing."""
 
     commit = _git(folder, "rev-parse", "HEAD")
     if not commit:
         return {}
-    return {"git_commit": commit,
-            "git_dirty": bool(_git(folder, "status", "--porcelain", "--untracked-files=no"))}
+    changes = _git(folder, "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                   f":(top,exclude){PAGES}")
+    return {"git_commit": commit, "git_dirty": bool(changes)}
 
 
 def tracked(path: Path) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from moco3 import code_identity as ci
+from moco3 import gitstate
 from moco3.experiments import rundir
 from moco3.runfolder import layout
 
@@ -98,3 +99,22 @@ def test_the_relaunch_rule_sees_a_change_in_any_copy(tmp_path, monkeypatch, ran,
     reason = rundir.code_changed(tmp_path)
     assert (reason is None) if changed is None else (reason is not None
                                                       and reason.startswith(changed)), reason
+
+
+def test_a_rewritten_results_page_is_not_a_code_change(tmp_path):
+    """results.py runs studies one after another from one checkout: the page the first one's
+    report rewrote must not mark the second one's runs dirty; any other edit does."""
+    git = ["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t"]
+    (tmp_path / "docs" / "results" / "mini").mkdir(parents=True)
+    (tmp_path / "moco3").mkdir()
+    page, code = tmp_path / "docs/results/mini/README.md", tmp_path / "moco3/loss.py"
+    page.write_text("old page\n")
+    code.write_text("tau = 0.2\n")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "start"], check=True)
+    page.write_text("new page\n")
+    state = gitstate.git_state(tmp_path / "moco3")  # asked from the package, as code_identity
+    assert len(state["git_commit"]) == 40 and state["git_dirty"] is False
+    code.write_text("tau = 0.1\n")
+    assert gitstate.git_state(tmp_path / "moco3")["git_dirty"] is True
