@@ -403,6 +403,8 @@ def _write_report(out: Path, collection: Collection, ablations: list[str] | None
         header = f"## {ablation}\n\n<a id=\"{_anchor(ablation)}\"></a>\n"
         setting = (f"Paper setting: {table.setting}.\n" if table.setting
                    else "No paper numbers for this ablation.\n")
+        if study.design:  # what else moves with the factor: needed to read any comparison
+            setting += f"\nDesign: {study.design}\n"
         sections.append("\n".join([
             header, setting, tables.to_markdown(table),
             f"Table files: [Markdown](tables/{ablation}.md) · [LaTeX](tables/{ablation}.tex) · "

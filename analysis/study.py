@@ -24,6 +24,7 @@ class Study:
     paper_cells: list[dict] = field(default_factory=list)  # factors, gpu_hours (one run)
     problem: str = ""  # why the findings could not be read, for the report
     recorded: bool = True  # False: the ablation folder has no study.json
+    design: str = ""  # the ablation file's description: what else moves with the factor
 
     def paper_gpu_hours(self, finding: Finding) -> float:
         """GPU-hours of one seed of groups A and B at the study's paper scale: NaN when the
@@ -45,6 +46,7 @@ def load_study(ablation_dir: Path) -> Study:
     data = read_study(ablation_dir)
     if data is None:
         return Study(name, recorded=False)
+    design = str(data.get("design") or "")
     raw = data.get("findings") or []
     # Recorded after the launcher checked them against the grid; checked here again for
     # shape only (a hand-edited file), against the levels the records name.
@@ -56,8 +58,8 @@ def load_study(ablation_dir: Path) -> Study:
     try:
         findings = parse_findings(raw, levels, f"{name}/study.json")
     except FindingError as err:
-        return Study(name, problem=str(err))
+        return Study(name, problem=str(err), design=design)
     cells = [c for c in data.get("paper_cells") or []
              if isinstance(c, dict) and isinstance(c.get("factors"), dict)
              and isinstance(c.get("gpu_hours"), int | float)]
-    return Study(name, findings, cells)
+    return Study(name, findings, cells, design=design)

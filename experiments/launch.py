@@ -469,7 +469,7 @@ class Launch:
         if problem:
             self.say(f"warning: no paper-scale cost for the report's power table ({problem}).")
         write_study(self.dir, self.ablation, self.scale, str(self.cfg.ablation.reproduces or ""),
-                    findings, cells)
+                    findings, cells, str(self.cfg.ablation.get("description") or ""))
 
     def _record(self, manifest: dict[str, dict[str, Any]], job_ids: dict[str, str]) -> None:
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -128,10 +128,13 @@ def _text(group: Mapping[str, str]) -> str:
 
 
 def write_study(folder: Path, ablation: str, scale: str, reproduces: str,
-                findings: list[Finding], paper_cells: list[dict[str, Any]]) -> Path:
+                findings: list[Finding], paper_cells: list[dict[str, Any]],
+                design: str = "") -> Path:
+    """design: the ablation file's `description`, what varies with the factor besides it,
+    which the report prints under the study's heading."""
     path = Path(folder) / STUDY
     write_text(path, json.dumps({"ablation": ablation, "scale": scale, "reproduces": reproduces,
-                                 "findings": [asdict(f) for f in findings],
+                                 "design": design, "findings": [asdict(f) for f in findings],
                                  "paper_cells": paper_cells}, indent=1) + "\n")
     return path
 

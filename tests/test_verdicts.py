@@ -243,6 +243,7 @@ def test_the_floors_note_gives_margins_over_pixels_and_random_init_per_level():
 # -- a user's own study, end to end: YAML -> launch -> study.json -> the report command ------
 USER_STUDY = """\
 reproduces: "not in the paper: a temperature pair"
+description: "Only tau varies; batch, steps and lr are shared."
 seeds: [0, 1, 2]
 factors:
   tau:
@@ -320,6 +321,7 @@ def test_a_users_own_study_gets_verdicts_through_the_report_command(tmp_path, mo
     assert [f["claim"] for f in study["findings"]] == ["tau 0.2 beats tau 0.1 on kNN",
                                                        "tau 0.2 loses on the probe"]
     assert {c["factors"]["tau"] for c in study["paper_cells"]} == {"0.1", "0.2"}
+    assert study["design"] == "Only tau varies; batch, steps and lr are shared."
 
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(repo / "analysis" / "report.py"), "--runs-root",
@@ -337,6 +339,7 @@ def test_a_users_own_study_gets_verdicts_through_the_report_command(tmp_path, mo
     readme = (tmp_path / "report" / "README.md").read_text()
     assert "tau 0.2 beats tau 0.1 on kNN" in readme and "**reproduced**" in readme
     assert "for random init (+" in readme  # the floors
+    assert "\nDesign: Only tau varies; batch, steps and lr are shared.\n" in readme
 
 
 def test_a_finding_naming_a_missing_level_is_refused_at_compose_time(tmp_path, monkeypatch,
