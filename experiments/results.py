@@ -105,6 +105,17 @@ def run_study(study: str, scale: str, runs_root: Path, extra: list[str]) -> tupl
     return command, time.monotonic() - start, code
 
 
+def results_command(args: argparse.Namespace, out: Path) -> str:
+    """This invocation as a user reruns it: the page's own studies, seeds and folders (a page
+    of some studies, or beside the default folder, is not what a bare `make results` makes)."""
+    words = ["python", "experiments/results.py", "--scale", args.scale, "--studies",
+             *args.studies, "--seeds", str(args.seeds)]
+    if LADDERS & set(args.studies):
+        words += ["--ladder-seeds", str(args.ladder_seeds)]
+    words += ["--runs-root", args.runs_root, "--out", os.path.relpath(out, REPO), *args.extra]
+    return shlex.join(words)
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", default="mini")
@@ -183,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
            f"{reason}"] if git.get("git_dirty") else
           ["* Code state: every run of a study ran that study's one clean commit (the "
            "table's commit column)"]),
-        "* Regenerate from scratch: `make results` (or the commands below, then the report);"
-        " a stopped study resumes where it stopped.\n",
+        f"* Regenerate from scratch: `{results_command(args, out)}` (or the commands below, "
+        "then the report); a stopped study resumes where it stopped.\n",
         "Wall time is this machine's clock over the study's launches, and counts whatever else"
         " ran meanwhile; the runs' own training time, summed and divided by the runs trained at"
         " once, is what the study costs on the machine alone (pre-training only: each run's"

@@ -85,3 +85,10 @@ def test_each_study_may_have_its_own_clean_commit_and_run_md_names_it(tmp_path, 
     table = [line for line in (out / "RUN.md").read_text().splitlines()
              if line.startswith(("| a ", "| b "))]
     assert [row.split(" | ")[1] for row in table] == ["1" * 10, "3" * 10]
+    # The page says how to remake itself: its studies, seeds and folders, not a bare
+    # `make results` (which makes a different page, in the default folder).
+    regenerate = next(line for line in (out / "RUN.md").read_text().splitlines()
+                      if line.startswith("* Regenerate"))
+    assert (f"`python experiments/results.py --scale mini --studies a b --seeds 5 --runs-root "
+            f"{tmp_path / 'runs'} --out ") in regenerate
+    assert "--ladder-seeds" not in regenerate  # neither study is a ladder
