@@ -11,7 +11,9 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -61,6 +63,15 @@ def _cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = No
             full_env.pop(name, None)
     return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+def _cli_at_once(calls: list[tuple[list[str], dict[str, Any]]], cwd: Path,
+                 ) -> list[subprocess.CompletedProcess]:
+    """`_cli(args, cwd, **kwargs)` for each call, two at a time, results in order. For
+    independent invocations that only start, read and refuse or print: most of their time is
+    Python and torch starting up, which two cores do twice as fast side by side."""
+    with ThreadPoolExecutor(max_workers=2) as pair:
+        return list(pair.map(lambda call: _cli(call[0], cwd, **call[1]), calls))
 
 
 def _files(root: Path) -> list[Path]:
@@ -460,14 +471,13 @@ def test_bad_input_gets_one_sentence_and_writes_nothing(tmp_path, args, env, mes
 
 def test_every_command_has_its_own_help_naming_it_as_invoked(tmp_path):
     train = REPO / "experiments" / "train.py"
-    for script, expected in ((LAUNCH, "retry_failed=true"), (STATUS, "--runs-root"),
-                             (REPO / "analysis" / "report.py", "--runs-root"),
-                             (train, "run_name=NAME")):
-        done = _cli(["--help"], tmp_path, script=script)
-        assert done.returncode == 0 and expected in done.stdout, (script, done.stderr)
+    expected = {LAUNCH: "retry_failed=true", STATUS: "--runs-root",
+                REPO / "analysis" / "report.py": "--runs-root", train: "run_name=NAME"}
+    dones = _cli_at_once([(["--help"], {"script": script}) for script in expected], tmp_path)
+    for (script, text), done in zip(expected.items(), dones, strict=True):
+        assert done.returncode == 0 and text in done.stdout, (script, done.stderr)
         assert f"python {script}" in done.stdout  # the path as typed, not another command's
-    helps = {script: _cli(["--help"], tmp_path, script=script).stdout for script in (LAUNCH,
-                                                                                   train)}
+    helps = {script: done.stdout for script, done in zip(expected, dones, strict=True)}
     assert "Train one run here" in helps[train] and "Launch one of" not in helps[train]
     assert "Launch one of" in helps[LAUNCH] and "Train one run here" not in helps[LAUNCH]
     for module in ("moco3.tensorboard", "moco3.export"):
@@ -490,15 +500,18 @@ def test_every_command_takes_the_runs_root_the_same_way(tmp_path):
         (REPO / "moco3" / "export.py", ["a/seed=0", "--format", "timm"],
          f"{missing}/a/seed=0 has no config.yaml"),
     ]
-    for script, args, message in commands:
-        for root in (["--runs-root", str(missing)], [f"runs_root={missing}"]):
-            done = _cli([*args, *root], tmp_path, script=script, timeout=120)
-            assert message in done.stdout + done.stderr, (script, root, done.stderr)
-    for script in (LAUNCH, REPO / "experiments" / "train.py"):
-        for root in (["--runs-root", str(afile)], [f"runs_root={afile}"]):
-            done = _cli(["model.depth=1", *root], tmp_path, script=script)
-            assert done.returncode == 2
-            assert f"runs_root {afile} is a file, not a folder" in done.stderr, done.stderr
+    roots = (["--runs-root", str(missing)], [f"runs_root={missing}"])
+    calls = [([*args, *root], {"script": script, "timeout": 120})
+             for script, args, _ in commands for root in roots]
+    for (args, kwargs), done in zip(calls, _cli_at_once(calls, tmp_path), strict=True):
+        message = next(m for script, _, m in commands if script == kwargs["script"])
+        assert message in done.stdout + done.stderr, (kwargs["script"], args, done.stderr)
+    calls = [(["model.depth=1", *root], {"script": script})
+             for script in (LAUNCH, REPO / "experiments" / "train.py")
+             for root in (["--runs-root", str(afile)], [f"runs_root={afile}"])]
+    for (args, kwargs), done in zip(calls, _cli_at_once(calls, tmp_path), strict=True):
+        assert done.returncode == 2, (kwargs["script"], args, done.stderr)
+        assert f"runs_root {afile} is a file, not a folder" in done.stderr, done.stderr
     assert [p.name for p in _files(tmp_path)] == ["afile"]
 
 
