@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,11 @@ def run(installed: Path, command: str, *args: str, cwd: Path) -> subprocess.Comp
 def test_every_command_is_installed_and_answers_help(installed, tmp_path):
     """Each its own help, naming itself as installed (not `python experiments/...`)."""
     helps = {}
-    for command in COMMANDS:
-        done = run(installed, command, "--help", cwd=tmp_path)
+    # Six independent start-ups: two at a time on 2 cores.
+    with ThreadPoolExecutor(max_workers=2) as pair:
+        dones = list(pair.map(lambda command: run(installed, command, "--help", cwd=tmp_path),
+                              COMMANDS))
+    for command, done in zip(COMMANDS, dones, strict=True):
         assert done.returncode == 0, (command, done.stderr[-2000:])
         assert done.stdout.strip(), command
         assert "python " not in done.stdout.split("\n\n")[0], (command, done.stdout[:300])
