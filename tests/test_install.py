@@ -6,10 +6,10 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from side_by_side import two_at_a_time
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("moco3-launch", "moco3-train", "moco3-status", "moco3-report", "moco3-export",
@@ -38,10 +38,8 @@ def run(installed: Path, command: str, *args: str, cwd: Path) -> subprocess.Comp
 def test_every_command_is_installed_and_answers_help(installed, tmp_path):
     """Each its own help, naming itself as installed (not `python experiments/...`)."""
     helps = {}
-    # Six independent start-ups: two at a time on 2 cores.
-    with ThreadPoolExecutor(max_workers=2) as pair:
-        dones = list(pair.map(lambda command: run(installed, command, "--help", cwd=tmp_path),
-                              COMMANDS))
+    dones = two_at_a_time(lambda command: run(installed, command, "--help", cwd=tmp_path),
+                          COMMANDS)
     for command, done in zip(COMMANDS, dones, strict=True):
         assert done.returncode == 0, (command, done.stderr[-2000:])
         assert done.stdout.strip(), command

@@ -11,13 +11,13 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from side_by_side import two_at_a_time
 
 import moco3.probe
 import moco3.train
@@ -67,11 +67,9 @@ def _cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = No
 
 def _cli_at_once(calls: list[tuple[list[str], dict[str, Any]]], cwd: Path,
                  ) -> list[subprocess.CompletedProcess]:
-    """`_cli(args, cwd, **kwargs)` for each call, two at a time, results in order. For
-    independent invocations that only start, read and refuse or print: most of their time is
-    Python and torch starting up, which two cores do twice as fast side by side."""
-    with ThreadPoolExecutor(max_workers=2) as pair:
-        return list(pair.map(lambda call: _cli(call[0], cwd, **call[1]), calls))
+    """`_cli(args, cwd, **kwargs)` for each call, two at a time, results in order: for
+    independent invocations that only start, read and refuse or print."""
+    return two_at_a_time(lambda call: _cli(call[0], cwd, **call[1]), calls)
 
 
 def _files(root: Path) -> list[Path]:
