@@ -1,6 +1,6 @@
 """Regenerate the committed results pages: run studies at a scale, then their report.
 
-    python experiments/results.py            # the four studies + the stability ladder, mini
+    python experiments/results.py            # four studies, the stability ladder, its edge
     python experiments/results.py --studies patch_proj negatives --seeds 3
     python experiments/results.py --scale mini --runs-root runs-results --out docs/results/mini
 
@@ -38,7 +38,8 @@ from moco3.runfolder.layout import ENV
 
 REPO = Path(__file__).resolve().parents[1]
 TIMES = "study_times.json"  # in the runs root: wall seconds per study, over invocations
-STUDIES = ["patch_proj", "negatives", "momentum", "batch_size", "stability_ladder"]
+STUDIES = ["patch_proj", "negatives", "momentum", "batch_size", "stability_ladder",
+           "stability_edge"]
 LADDERS = {"stability_ladder"}  # searches: fewer seeds (--ladder-seeds)
 
 

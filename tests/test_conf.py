@@ -26,7 +26,7 @@ register()
 EXPECTED_RUNS = {
     "none": 1, "batch_size": 4, "patch_proj": 6, "lr": 3, "optimizer": 4, "momentum": 4,
     "negatives": 19, "pos_embed": 3, "cls_token": 3, "head_bn": 2, "predictor": 2,
-    "stability_ladder": 10,
+    "stability_ladder": 10, "stability_edge": 4,
 }
 # The mini scale runs 3 seeds of every level; patch_proj adds an edge lr, negatives keeps
 # three K for queue and memory bank and two for in-batch and end-to-end.
@@ -211,6 +211,20 @@ def test_stability_ladder_climbs_lr_and_batch_past_the_papers_range():
     assert batches == [256, 384, 512]
     assert all(_steps(c) >= 250 for c in runs)
     assert all(c.train.batch_size * 32 <= _train_images(c) for c in runs)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_stability_edge_reruns_the_ladders_own_levels(scale):
+    """Its levels are the ladder's configurations exactly, at every scale: only the seeds
+    (and so the verdicts) are new."""
+    ladder = {r.run_id: r.config for r in _runs("stability_ladder", scale, ("seeds=[0]",))}
+    edge = {r.run_id: r.config for r in _runs("stability_edge", scale, ("seeds=[0]",))}
+    assert len(edge) == 4 and set(edge) <= set(ladder)
+    for run_id, cfg in edge.items():
+        mine, theirs = OmegaConf.to_container(cfg), OmegaConf.to_container(ladder[run_id])
+        for c in (mine, theirs):
+            c["meta"].pop("ablation")
+        assert mine == theirs, run_id
 
 
 def test_paper_scale_is_the_papers_recipe():
