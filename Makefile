@@ -28,7 +28,8 @@ demo: install
 	$(BIN)/python analysis/report.py
 
 # The committed study results (docs/results/mini): patch_proj, negatives, momentum,
-# batch_size (5 seeds) and the stability ladder (2 seeds); hours on a CPU; not part of CI.
+# batch_size and the stability ladder's edge (5 seeds), the stability ladder (2 seeds); hours
+# on a CPU; not part of CI.
 results: install
 	$(BIN)/python experiments/results.py --scale mini
 

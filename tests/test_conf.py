@@ -51,6 +51,18 @@ def test_the_required_studies_are_all_there():
     assert set(EXPECTED_RUNS) <= set(ABLATIONS)
 
 
+def test_the_readmes_name_every_study():
+    """The README's config tree and study table, and the ablation folder's table, list every
+    ablation file: a study a user cannot find there does not exist for them."""
+    readme = (CONF_DIR.parents[1] / "README.md").read_text()
+    tree = readme[readme.index("  ablation/"):readme.index("(+ README.md)")]
+    folder = (CONF_DIR / "ablation" / "README.md").read_text()
+    for name in ABLATIONS:
+        assert re.search(rf"\b{name}\b", tree), f"README's config tree lacks {name}"
+        assert f"| `{name}` |" in readme, f"README's study table lacks {name}"
+        assert f"\n| {name} |" in folder, f"ablation/README.md's table lacks {name}"
+
+
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("ablation", ABLATIONS)
 def test_every_ablation_composes_and_expands_at_every_scale(ablation, scale):
