@@ -54,8 +54,9 @@ def cpu_description() -> str:
 
 
 def run_minutes(runs_csv: Path, study: str) -> str:
-    """The study's own compute, from its runs' training time: what its wall time would be on
-    this machine with nothing else running (the wall time also counts other load)."""
+    """The study's training steps, from its runs' step timers: a lower bound of its wall time
+    on this machine with nothing else running (kNN evaluations, checkpoints and the probe are
+    not timed; the wall time also counts other load)."""
     if not runs_csv.exists():
         return "-"
     with runs_csv.open() as f:
@@ -198,9 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         f"* Regenerate from scratch: `{results_command(args, out)}` (or the commands below, "
         "then the report); a stopped study resumes where it stopped.\n",
         "Wall time is this machine's clock over the study's launches, and counts whatever else"
-        " ran meanwhile; the runs' own training time, summed and divided by the runs trained at"
-        " once, is what the study costs on the machine alone (pre-training only: each run's"
-        " probe adds seconds).\n",
+        " ran meanwhile. The runs' training time is their training steps alone (each run's"
+        " step timer), summed and divided by the runs trained at once: a lower bound of what"
+        " the study costs on the machine alone, which also spends time on the kNN evaluations"
+        " (a large part where they are dense, as every 5 steps), checkpoints and the probe.\n",
         "| study | runs' commit | command | wall time | runs' training time |",
         "|---|---|---|---:|---:|",
     ]
