@@ -3,6 +3,7 @@ the branches a CPU cannot reach by itself (out of memory, overrunning a budget) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -145,6 +146,52 @@ def test_comparison_catches_a_wrong_gradient() -> None:
     assert correctness.within(correctness.compare_traces(ref, close, groups), tol)
     c = correctness.compare_traces(ref, wrong, groups)
     assert not correctness.within(c, tol) and c["min_grad_cos_at"] == "step 1 all"
+
+
+def test_bf16_bound_is_the_looser_of_fixed_and_cpu_relative() -> None:
+    """relative_to widens each figure to factor x the CPU bf16 step's error, never tightens."""
+    tol = profiles.TOLERANCES["bf16"]
+    small = {"max_loss_rel": 1e-4, "min_grad_cos": 0.999, "max_grad_norm_rel": 1e-3}
+    assert correctness.relative_to(tol, small, 2.0) == tol
+    large = {"max_loss_rel": 2e-2, "min_grad_cos": 0.96, "max_grad_norm_rel": 4e-2}
+    wide = correctness.relative_to(tol, large, 2.0)
+    assert wide.loss_rel == pytest.approx(4e-2) and wide.grad_cos == pytest.approx(0.92)
+    assert wide.grad_norm_rel == pytest.approx(8e-2)
+    # A GPU step at cos 0.947 (the H200's ViT-S/16 at 224 px) passes only when the CPU's
+    # own bf16 step is at most 0.9735.
+    got = {"max_loss_rel": 5e-3, "min_grad_cos": 0.947, "max_grad_norm_rel": 2.5e-2,
+           "max_update_rel": None}
+    assert not correctness.within(got, tol)
+    assert correctness.within(got, correctness.relative_to(tol, {**large, "min_grad_cos": 0.97},
+                                                           2.0))
+    assert not correctness.within(got, correctness.relative_to(
+        tol, {**large, "min_grad_cos": 0.99}, 2.0))
+
+
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_bf16_bound_measures_the_cpu_bf16_step(monkeypatch, fast: str) -> None:
+    """With native CPU bf16 the bound comes from the CPU's bf16 autocast of the same steps
+    (reported in the note and the row's JSON); without it, the fixed bound, and the note
+    says why. The CPU profile cut to one step of batch 4 keeps emulated bf16 quick."""
+    monkeypatch.setenv(FORCE_FAST_BF16_ENV, fast)
+    profile = dataclasses.replace(profiles.CPU_PROFILE, check_steps=1, check_batch=4)
+    ctx = profiles.Context(torch.device("cpu"), profile, time.perf_counter() + 60)
+    model = correctness.check_model(ctx)
+    groups = correctness.param_groups_by_name(model)
+    x1, x2 = correctness.check_batch(ctx)
+    tol = profiles.TOLERANCES["bf16"]
+    if fast == "0":  # decided before any step runs
+        bound, note, extra = correctness.bf16_bound(ctx, model, correctness.Trace(), groups,
+                                                    x1, x2, tol, "n")
+        assert bound == tol and "emulates bf16" in note and extra == {}
+        return
+    ref = correctness.run_steps(correctness.copy.deepcopy(model), torch.device("cpu"), "fp32",
+                                False, x1, x2, 1, profile.check_heads[1], keep_states=True)
+    bound, note, extra = correctness.bf16_bound(ctx, model, ref, groups, x1, x2, tol, "n")
+    c_cpu = extra["cpu_bf16"]
+    assert 0.5 < c_cpu["min_grad_cos"] < 1.0 and c_cpu["max_loss_rel"] > 0
+    assert bound == correctness.relative_to(tol, c_cpu, profiles.BF16_CPU_FACTOR)
+    assert "CPU bf16 vs CPU fp32: loss rel" in note
 
 
 def test_resume_reruns_itself_under_deterministic_algorithms(monkeypatch) -> None:
