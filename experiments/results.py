@@ -30,6 +30,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from moco3.gitstate import git_state
@@ -38,6 +39,7 @@ from moco3.runfolder.layout import ENV
 
 REPO = Path(__file__).resolve().parents[1]
 TIMES = "study_times.json"  # in the runs root: wall seconds per study, over invocations
+TICK_S = 30.0  # how often a running study's wall time so far is saved into TIMES
 STUDIES = ["patch_proj", "negatives", "momentum", "batch_size", "stability_ladder",
            "stability_edge"]
 LADDERS = {"stability_ladder"}  # searches: fewer seeds (--ladder-seeds)
@@ -96,15 +98,29 @@ def code_problem(commits: dict[str, list[str]]) -> str:
     return f"the runs come from {what}: {'; '.join(parts)}"
 
 
-def run_study(study: str, scale: str, runs_root: Path, extra: list[str]) -> tuple[list[str],
-                                                                                  float, int]:
-    """Launch one study and wait for it; returns (command, wall seconds, exit code)."""
+def wait_ticking(process: subprocess.Popen, on_tick: Callable[[float], None],
+                 tick_s: float = TICK_S) -> tuple[float, int]:
+    """Wait for `process`, calling on_tick(seconds so far) every `tick_s`; returns (wall
+    seconds, exit code)."""
+    start = time.monotonic()
+    while True:
+        try:
+            code = process.wait(timeout=tick_s)
+            return time.monotonic() - start, code
+        except subprocess.TimeoutExpired:
+            on_tick(time.monotonic() - start)
+
+
+def run_study(study: str, scale: str, runs_root: Path, extra: list[str],
+              on_tick: Callable[[float], None] = lambda seconds: None,
+              ) -> tuple[list[str], float, int]:
+    """Launch one study and wait for it, reporting its wall time so far to on_tick as it
+    runs; returns (command, wall seconds, exit code)."""
     command = [sys.executable, str(REPO / "experiments" / "launch.py"), f"ablation={study}",
                f"scale={scale}", "launcher=local", f"runs_root={runs_root}", *extra]
     print(f"== {study}: {shlex.join(command[1:])}", flush=True)
-    start = time.monotonic()
-    code = subprocess.run(command).returncode
-    return command, time.monotonic() - start, code
+    seconds, code = wait_ticking(subprocess.Popen(command), on_tick)
+    return command, seconds, code
 
 
 def results_command(args: argparse.Namespace, out: Path) -> str:
@@ -158,9 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     for study in args.studies:
         seeds = args.ladder_seeds if study in LADDERS else args.seeds
         extra = [f"seeds=[{','.join(map(str, range(seeds)))}]", *args.extra]
-        command, seconds, code = run_study(study, args.scale, runs_root, extra)
-        times.setdefault(study, []).append(round(seconds, 1))
-        write_text(times_path, json.dumps(times, indent=1))
+        times.setdefault(study, []).append(0.0)
+
+        def save(seconds: float, study: str = study) -> None:
+            # Saved as the study runs, not only at its end: an invocation stopped from
+            # outside (a killed session, a reboot) keeps the time it spent, to a tick.
+            times[study][-1] = round(seconds, 1)
+            write_text(times_path, json.dumps(times, indent=1))
+
+        command, seconds, code = run_study(study, args.scale, runs_root, extra, on_tick=save)
+        save(seconds)
         commands.append(("python experiments/launch.py " + shlex.join(command[2:])
                          .replace(str(runs_root), args.runs_root), code))
         if code != 0:

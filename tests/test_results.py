@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
+import pytest
+
 from moco3.experiments.results import run_minutes
 
 
@@ -48,7 +50,7 @@ def test_results_refuses_mixed_code_before_writing_the_page(tmp_path, monkeypatc
     from moco3.experiments import results
 
     monkeypatch.setattr(results, "git_state", lambda repo: {"git_commit": "c", "git_dirty": 0})
-    monkeypatch.setattr(results, "run_study", lambda *a: (["python", "launch.py"], 1.0, 0))
+    monkeypatch.setattr(results, "run_study", lambda *a, **k: (["python", "launch.py"], 1.0, 0))
     reports = []
     monkeypatch.setattr(results.subprocess, "run", lambda *a, **k: reports.append(a) or
                         SimpleNamespace(returncode=1, stdout=""))
@@ -72,7 +74,7 @@ def test_each_study_may_have_its_own_clean_commit_and_run_md_names_it(tmp_path, 
     from moco3.experiments import results
 
     monkeypatch.setattr(results, "git_state", lambda repo: {"git_commit": "c", "git_dirty": 0})
-    monkeypatch.setattr(results, "run_study", lambda *a: (["python", "launch.py"], 1.0, 0))
+    monkeypatch.setattr(results, "run_study", lambda *a, **k: (["python", "launch.py"], 1.0, 0))
     monkeypatch.setattr(results.subprocess, "run", lambda *a, **k: SimpleNamespace(
         returncode=0, stdout="a CPU"))
     _env(tmp_path / "runs", "a/x/seed=0", ("1" * 40, False))
@@ -92,3 +94,40 @@ def test_each_study_may_have_its_own_clean_commit_and_run_md_names_it(tmp_path, 
     assert (f"`python experiments/results.py --scale mini --studies a b --seeds 5 --runs-root "
             f"{tmp_path / 'runs'} --out ") in regenerate
     assert "--ladder-seeds" not in regenerate  # neither study is a ladder
+
+
+def test_wait_ticking_reports_the_time_so_far_while_the_process_runs():
+    import subprocess
+    import sys
+
+    from moco3.experiments.results import wait_ticking
+
+    ticks: list[float] = []
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.0)"])
+    seconds, code = wait_ticking(process, ticks.append, tick_s=0.1)
+    assert code == 0 and seconds >= 1.0
+    assert len(ticks) >= 3 and ticks == sorted(ticks) and ticks[-1] <= seconds
+
+
+def test_a_study_stopped_from_outside_keeps_its_wall_time(tmp_path, monkeypatch):
+    """An invocation killed mid-study (a session's end) still counts in RUN.md's wall time:
+    the time so far is saved at every tick, not only when the study ends."""
+    import json
+
+    from moco3.experiments import results
+
+    monkeypatch.setattr(results, "git_state", lambda repo: {"git_commit": "c", "git_dirty": 0})
+
+    def killed(*args, on_tick, **kwargs):
+        on_tick(30.0)
+        on_tick(60.0)
+        raise KeyboardInterrupt  # stopped between two ticks
+
+    monkeypatch.setattr(results, "run_study", killed)
+    root = tmp_path / "runs"
+    root.mkdir()
+    (root / results.TIMES).write_text(json.dumps({"a": [100.0]}))
+    args = ["--studies", "a", "--runs-root", str(root), "--out", str(tmp_path / "page")]
+    with pytest.raises(KeyboardInterrupt):
+        results.main(args)
+    assert json.loads((root / results.TIMES).read_text()) == {"a": [100.0, 60.0]}
