@@ -27,9 +27,9 @@ demo: install
 	$(BIN)/python experiments/launch.py ablation=patch_proj
 	$(BIN)/python analysis/report.py
 
-# The committed study results (docs/results/mini): patch_proj, negatives, momentum,
-# batch_size and the stability ladder's edge (5 seeds), the stability ladder (2 seeds); hours
-# on a CPU; not part of CI.
+# Study results like the committed ones (docs/results/mini/*): patch_proj, negatives,
+# momentum, batch_size and the stability ladder's edge (5 seeds), the stability ladder
+# (2 seeds), into docs/results/mini; hours on a CPU; not part of CI.
 results: install
 	$(BIN)/python experiments/results.py --scale mini
 
