@@ -124,6 +124,23 @@ def run_study(study: str, scale: str, runs_root: Path, extra: list[str],
     return command, seconds, code
 
 
+def timed_study(study: str, scale: str, runs_root: Path, extra: list[str],
+                times: dict[str, list[float]], times_path: Path) -> tuple[list[str], int]:
+    """run_study, with this invocation's wall time appended to times[study] and saved to
+    `times_path` as the study runs, not only at its end: an invocation stopped from outside
+    (a killed session, a reboot) keeps the time it spent, to a tick. Returns (command, exit
+    code)."""
+    times.setdefault(study, []).append(0.0)
+
+    def save(seconds: float) -> None:
+        times[study][-1] = round(seconds, 1)
+        write_text(times_path, json.dumps(times, indent=1))
+
+    command, seconds, code = run_study(study, scale, runs_root, extra, on_tick=save)
+    save(seconds)
+    return command, code
+
+
 def results_command(args: argparse.Namespace, out: Path) -> str:
     """This invocation as a user reruns it: the page's own studies, seeds and folders (a page
     of some studies, or beside the default folder, is not what a bare `make results` makes)."""
@@ -175,16 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     for study in args.studies:
         seeds = args.ladder_seeds if study in LADDERS else args.seeds
         extra = [f"seeds=[{','.join(map(str, range(seeds)))}]", *args.extra]
-        times.setdefault(study, []).append(0.0)
-
-        def save(seconds: float, study: str = study) -> None:
-            # Saved as the study runs, not only at its end: an invocation stopped from
-            # outside (a killed session, a reboot) keeps the time it spent, to a tick.
-            times[study][-1] = round(seconds, 1)
-            write_text(times_path, json.dumps(times, indent=1))
-
-        command, seconds, code = run_study(study, args.scale, runs_root, extra, on_tick=save)
-        save(seconds)
+        command, code = timed_study(study, args.scale, runs_root, extra, times, times_path)
         commands.append(("python experiments/launch.py " + shlex.join(command[2:])
                          .replace(str(runs_root), args.runs_root), code))
         if code != 0:
