@@ -133,17 +133,17 @@ def build_official_model(code: OfficialCode, *, img_size: int, patch_size: int,
 
 
 def official_step(model: nn.Module, opt: torch.optim.Optimizer, x1: torch.Tensor,
-                  x2: torch.Tensor, m: float,
-                  scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
-    """main_moco.py's train step: loss = model(x1, x2, m), backward, AdamW step. With a
-    `scaler`, as main_moco.py trains on GPUs: the forward under fp16 autocast, the backward
-    and the step through the GradScaler."""
-    if scaler is None:
+                  x2: torch.Tensor, m: float, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """main_moco.py's train step: loss = model(x1, x2, m) under fp16 autocast when `scaler`
+    is enabled (as main_moco.py trains on GPUs; a disabled one gives the plain fp32 step),
+    backward and AdamW step through the scaler."""
+    with torch.autocast(x1.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
         loss = model(x1, x2, m)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
+    opt.zero_grad()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss
     with torch.autocast(x1.device.type, dtype=torch.float16):
         loss = model(x1, x2, m)
     opt.zero_grad()

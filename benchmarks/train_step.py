@@ -218,7 +218,7 @@ def official_code(args: argparse.Namespace, device: torch.device, amp: bool = Fa
                                  mlp_dim=args.mlp_dim).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)  # main_moco.py's
     x1, x2 = inputs(args, device)
-    scaler = torch.amp.GradScaler(device.type) if amp else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
     return lambda: official_step(model, opt, x1, x2, 0.99, scaler), code.origin
 
 

@@ -86,13 +86,13 @@ class _Recorder(torch.nn.Module):
 
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "fp16-amp"])
 def test_the_official_step_runs_its_gpu_recipe_with_a_scaler(amp: bool) -> None:
-    """With a GradScaler the step is main_moco.py's GPU step: forward under fp16 autocast,
-    backward and AdamW step through the scaler; without one, plain fp32."""
+    """With an enabled GradScaler the step is main_moco.py's GPU step: forward under fp16 autocast,
+    backward and AdamW step through the scaler; with a disabled one, plain fp32."""
     torch.manual_seed(0)
     model = _Recorder()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     before = model.linear.weight.detach().clone()
-    scaler = torch.amp.GradScaler("cpu") if amp else None
+    scaler = torch.amp.GradScaler("cpu", enabled=amp)
     x1, x2 = torch.randn(8, 4), torch.randn(8, 4)
     loss = official_step(model, opt, x1, x2, 0.99, scaler)
     assert torch.isfinite(loss)
