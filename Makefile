@@ -29,7 +29,8 @@ demo: install
 
 # Study results like the committed ones (docs/results/mini/*): patch_proj, negatives,
 # momentum, batch_size and the stability ladder's edge (5 seeds), the stability ladder
-# (2 seeds), into docs/results/mini; hours on a CPU; not part of CI.
+# (2 seeds), into docs/results/mini; hours on a CPU; not part of CI. The committed ladder
+# page has its lr grid with 5 seeds: its RUN.md gives that command.
 results: install
 	$(BIN)/python experiments/results.py --scale mini
 

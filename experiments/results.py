@@ -2,8 +2,8 @@
 
     python experiments/results.py            # four studies, the stability ladder, its edge
     python experiments/results.py --studies patch_proj negatives --seeds 3
-    python experiments/results.py --studies patch_proj stability_ladder --ladder-seeds 5 \
-        --out docs/results/mini/fp32-patch_proj
+    python experiments/results.py --studies stability_ladder --ladder-seeds 5 \
+        --out docs/results/mini/fp32-stability_ladder 'only=batch_size=2048,' train.precision=fp32
 
 Each study is `launch.py ablation=<study> scale=<scale> launcher=local seeds=[0..N-1]`
 (`--seeds N`, 5 by default; the stability ladder, a search rather than a comparison, takes
