@@ -433,12 +433,24 @@ def test_train_show_prints_the_config_of_run_name(tmp_path):
     assert _files(tmp_path) == []
 
 
+def test_the_ladder_pages_only_picks_its_lr_grid(tmp_path):
+    """The committed 5-seed ladder page ran `only=batch_size=2048,`: the seven lrs at batch
+    2048 and none of the batch grid (whose batch 4096 / 6144 / 8192 runs it must not match)."""
+    done = _cli(["ablation=stability_ladder", "scale=mini", "launcher=local", "dry_run=true",
+                 "seeds=[0]", "only=batch_size=2048,"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    listed = {line.split()[0] for line in done.stdout.splitlines() if "/seed=" in line}
+    lrs = ["1.5e-4", "3.0e-4", "6.0e-4", "1.2e-3", "2.4e-3", "4.8e-3", "9.6e-3"]
+    assert listed == {f"batch_size=2048,lr={lr}/seed=0" for lr in lrs}
+    assert _files(tmp_path) == []
+
+
 def test_the_only_spellings_in_the_docs_are_the_tested_ones():
-    documented = {"only=lr=1.5e-4", "only=[lr=1.5e-4,seed=0]"}
+    documented = {"only=lr=1.5e-4", "only=[lr=1.5e-4,seed=0]", "only=batch_size=2048,"}
     for path in (REPO / "README.md", CONF_DIR / "hydra" / "help" / "launch.yaml"):
         text = path.read_text()
         found = {w.strip("`,.;:()") for w in text.split() if w.strip("`(").startswith("only=")}
-        assert found and found <= documented, (path, found)
+        assert found and found <= {d.strip("`,.;:()") for d in documented}, (path, found)
     for form in documented:
         assert hydra_argv([form])[0].startswith("only=['")
 
