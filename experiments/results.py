@@ -73,6 +73,17 @@ def run_minutes(runs_csv: Path, study: str) -> str:
             f"time; one run {min(seconds) / 60:.1f}-{max(seconds) / 60:.1f} min)")
 
 
+def run_precisions(runs_csv: Path, study: str) -> str:
+    """The precisions the study's runs recorded (runs.csv), which need not be what `auto`
+    picks on this CPU: a study may force one (train.precision=fp32)."""
+    if not runs_csv.exists():
+        return "-"
+    with runs_csv.open() as f:
+        found = {r["precision"] for r in csv.DictReader(f)
+                 if r["ablation"] == study and r.get("precision")}
+    return ", ".join(sorted(found)) or "-"
+
+
 def run_commits(runs_root: Path, studies: list[str]) -> dict[str, list[str]]:
     """commit (first 10 characters, "+dirty" with uncommitted changes) -> the runs of
     `studies` that one of their starts (env.json) ran at it."""
@@ -235,15 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         " step timer), summed and divided by the runs trained at once: a lower bound of what"
         " the study costs on the machine alone, which also spends time on the kNN evaluations"
         " (a large part where they are dense, as every 5 steps), checkpoints and the probe.\n",
-        "| study | runs' commit | command | wall time | runs' training time |",
-        "|---|---|---|---:|---:|",
+        "| study | runs' commit | runs' precision | command | wall time | runs' training time |",
+        "|---|---|---|---|---:|---:|",
     ]
     for study, (command, _) in zip(args.studies, commands, strict=True):
         spent = times.get(study, [])
         wall = f"{sum(spent) / 60:.1f} min" + (f" over {len(spent)} invocations"
                                                if len(spent) > 1 else "")
         study_commits = ", ".join(sorted(commits[study])) or "not recorded"
-        lines.append(f"| {study} | {study_commits} | `{command}` | {wall} | "
+        lines.append(f"| {study} | {study_commits} | {run_precisions(out / 'runs.csv', study)} "
+                     f"| `{command}` | {wall} | "
                      f"{run_minutes(out / 'runs.csv', study)} |")
     lines.append(f"\nReport: `python analysis/report.py --runs-root {args.runs_root} --out "
                  f"{os.path.relpath(out, REPO)}" + "".join(f" --ablation {s}"

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from moco3.experiments.results import run_minutes
+from moco3.experiments.results import run_minutes, run_precisions
 
 
 def test_run_minutes_sums_the_runs_training_time_over_the_runs_trained_at_once(tmp_path):
@@ -19,6 +19,17 @@ def test_run_minutes_sums_the_runs_training_time_over_the_runs_trained_at_once(t
                                      "one run 2.0-4.0 min)")
     assert run_minutes(csv, "c") == "-"
     assert run_minutes(tmp_path / "missing.csv", "a") == "-"
+
+
+def test_run_precisions_names_what_the_runs_recorded_not_what_auto_picks(tmp_path):
+    csv = tmp_path / "runs.csv"
+    csv.write_text("ablation,run_id,precision\n"
+                   "a,x/seed=0,fp32\na,x/seed=1,fp32\nb,y/seed=0,bf16\nb,y/seed=1,fp32\n"
+                   "c,z/seed=0,\n")
+    assert run_precisions(csv, "a") == "fp32"
+    assert run_precisions(csv, "b") == "bf16, fp32"  # mixed: both named
+    assert run_precisions(csv, "c") == "-"
+    assert run_precisions(tmp_path / "missing.csv", "a") == "-"
 
 
 def _env(root, run: str, *commits: tuple[str, bool]) -> None:
