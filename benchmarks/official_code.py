@@ -144,10 +144,3 @@ def official_step(model: nn.Module, opt: torch.optim.Optimizer, x1: torch.Tensor
     scaler.step(opt)
     scaler.update()
     return loss
-    with torch.autocast(x1.device.type, dtype=torch.float16):
-        loss = model(x1, x2, m)
-    opt.zero_grad()
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
-    return loss
